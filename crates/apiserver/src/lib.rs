@@ -1,0 +1,1 @@
+//! Kubernetes-compatible HTTP API: discovery, OpenAPI, CRUD, patch, watch, tables, auth.

@@ -1,0 +1,1 @@
+//! HTTP client for the vmsnap API, configured from a kubeconfig.

@@ -1,0 +1,1 @@
+//! Reconcilers and the small runtime that drives them.

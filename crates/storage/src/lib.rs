@@ -1,0 +1,1 @@
+//! Storage pool drivers behind one Driver trait.

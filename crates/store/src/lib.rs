@@ -1,0 +1,1 @@
+//! The Store trait, its SQLite backend, and the watch hub.

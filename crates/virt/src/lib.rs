@@ -1,0 +1,1 @@
+//! QEMU launcher, QMP and QGA clients, accelerator probe.
