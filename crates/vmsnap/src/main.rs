@@ -1,1 +1,20 @@
-fn main() {}
+//! The `vmsnap` binary: `serve` runs the control plane; every other verb is a client of its
+//! API, found through `$KUBECONFIG` or the default data dir.
+
+mod cli;
+mod kubectl;
+mod serve;
+
+use clap::Parser;
+
+fn main() {
+    let args = cli::Cli::parse();
+    let code = match cli::run(args) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("Error from server ({}): {}", e.kind.reason(), e.message);
+            1
+        }
+    };
+    std::process::exit(code);
+}

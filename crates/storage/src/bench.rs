@@ -1,0 +1,1 @@
+//! Benchmarks (placeholder replaced below).
