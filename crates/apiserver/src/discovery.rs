@@ -4,7 +4,16 @@
 use api::registry::{self, Resource, RESOURCES};
 use serde_json::{json, Value};
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 
 pub fn version() -> Value {
     json!({
@@ -29,7 +38,10 @@ pub fn api_group_list() -> Value {
         .into_iter()
         .filter(|(g, _)| !g.is_empty())
         .map(|(g, versions)| {
-            let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
+            let vs: Vec<Value> = versions
+                .iter()
+                .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+                .collect();
             json!({"name": g, "versions": vs, "preferredVersion": vs[0].clone()})
         })
         .collect();
@@ -37,13 +49,25 @@ pub fn api_group_list() -> Value {
 }
 
 pub fn api_group(group: &str) -> Option<Value> {
-    let (g, versions) = registry::groups().into_iter().find(|(g, _)| *g == group && !g.is_empty())?;
-    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
-    Some(json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": vs, "preferredVersion": vs[0].clone()}))
+    let (g, versions) = registry::groups()
+        .into_iter()
+        .find(|(g, _)| *g == group && !g.is_empty())?;
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v}))
+        .collect();
+    Some(
+        json!({"kind": "APIGroup", "apiVersion": "v1", "name": g, "versions": vs, "preferredVersion": vs[0].clone()}),
+    )
 }
 
-fn resources_in<'a>(group: &'a str, version: &'a str) -> impl Iterator<Item = &'static Resource> + 'a {
-    RESOURCES.iter().filter(move |r| r.group == group && r.serves(version))
+fn resources_in<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static Resource> + 'a {
+    RESOURCES
+        .iter()
+        .filter(move |r| r.group == group && r.serves(version))
 }
 
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
@@ -72,16 +96,29 @@ pub fn resource_list(group: &str, version: &str) -> Option<Value> {
     if out.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
-    Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}))
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
+    Some(
+        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": out}),
+    )
 }
 
 pub fn openapi_root() -> Value {
     let mut paths = serde_json::Map::new();
     for (g, versions) in registry::groups() {
         for v in versions {
-            let key = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
-            paths.insert(key.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{key}")}));
+            let key = if g.is_empty() {
+                format!("api/{v}")
+            } else {
+                format!("apis/{g}/{v}")
+            };
+            paths.insert(
+                key.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{key}")}),
+            );
         }
     }
     json!({"paths": paths})
@@ -93,7 +130,11 @@ pub fn openapi_root() -> Value {
 pub fn openapi_group_version(group: &str, version: &str) -> Option<Value> {
     let mut paths = serde_json::Map::new();
     let mut schemas = serde_json::Map::new();
-    let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+    let prefix = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
     let mut any = false;
     for r in resources_in(group, version) {
         any = true;

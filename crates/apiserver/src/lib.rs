@@ -74,11 +74,25 @@ pub async fn serve(cfg: Config) -> api::Result<()> {
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| api::Error::internal(format!("cannot listen on {}: {e}", cfg.listen)))?;
-    let local = listener.local_addr().map_err(|e| api::Error::internal(e.to_string()))?;
-    let pki = if local != cfg.listen { Pki::load_or_create(&cfg.data_dir, local)? } else { pki };
-    pki::write_private(&cfg.data_dir.join("kubeconfig"), pki.kubeconfig(local).as_bytes())?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| api::Error::internal(e.to_string()))?;
+    let pki = if local != cfg.listen {
+        Pki::load_or_create(&cfg.data_dir, local)?
+    } else {
+        pki
+    };
+    pki::write_private(
+        &cfg.data_dir.join("kubeconfig"),
+        pki.kubeconfig(local).as_bytes(),
+    )?;
     let tls = tokio_rustls::TlsAcceptor::from(pki.rustls_config()?);
-    let state = Arc::new(State { store: cfg.store, token: pki.token.clone(), hooks: cfg.hooks, metrics: cfg.metrics });
+    let state = Arc::new(State {
+        store: cfg.store,
+        token: pki.token.clone(),
+        hooks: cfg.hooks,
+        metrics: cfg.metrics,
+    });
     let app = routes::router(state, cfg.extra, cfg.public);
     tracing::info!(address = %local, "serving the vmsnap API");
     loop {
@@ -102,7 +116,8 @@ pub async fn serve(cfg: Config) -> api::Result<()> {
             };
             let svc = hyper_util::service::TowerToHyperService::new(app);
             let io = hyper_util::rt::TokioIo::new(stream);
-            let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
             if let Err(e) = builder.serve_connection_with_upgrades(io, svc).await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }

@@ -32,7 +32,8 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .map_err(|e| io_err("cannot create", &tmp, e))?;
-    f.write_all(data).map_err(|e| io_err("cannot write", &tmp, e))?;
+    f.write_all(data)
+        .map_err(|e| io_err("cannot write", &tmp, e))?;
     f.sync_all().map_err(|e| io_err("cannot sync", &tmp, e))?;
     fs::rename(&tmp, path).map_err(|e| io_err("cannot rename", &tmp, e))
 }
@@ -57,24 +58,33 @@ impl Pki {
             // A new CA invalidates any server certificate signed by an old one.
             let _ = fs::remove_file(p("server.crt"));
         }
-        let ca_pem = fs::read_to_string(&ca_path).map_err(|e| io_err("cannot read", &ca_path, e))?;
-        let ca_key_pem = fs::read_to_string(&ca_key_path).map_err(|e| io_err("cannot read", &ca_key_path, e))?;
+        let ca_pem =
+            fs::read_to_string(&ca_path).map_err(|e| io_err("cannot read", &ca_path, e))?;
+        let ca_key_pem =
+            fs::read_to_string(&ca_key_path).map_err(|e| io_err("cannot read", &ca_key_path, e))?;
 
         let names_path = p("server.names");
         let want_names = server_names(listen);
         let have_names = fs::read_to_string(&names_path).unwrap_or_default();
-        if !p("server.crt").exists() || !p("server.key").exists() || have_names.trim() != want_names.join(",") {
+        if !p("server.crt").exists()
+            || !p("server.key").exists()
+            || have_names.trim() != want_names.join(",")
+        {
             let ca_key = KeyPair::from_pem(&ca_key_pem).map_err(rc)?;
             // Signing needs only the CA's subject and key; the parameters are rebuilt the same
             // way they were issued, which avoids parsing X.509 back.
             let issuer = rcgen::Issuer::new(ca_params()?, ca_key);
             let key = KeyPair::generate().map_err(rc)?;
             let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rc)?;
-            params.distinguished_name.push(DnType::CommonName, "vmsnap-apiserver");
+            params
+                .distinguished_name
+                .push(DnType::CommonName, "vmsnap-apiserver");
             for n in &want_names {
                 match n.parse::<IpAddr>() {
                     Ok(ip) => params.subject_alt_names.push(SanType::IpAddress(ip)),
-                    Err(_) => params.subject_alt_names.push(SanType::DnsName(n.clone().try_into().map_err(rc)?)),
+                    Err(_) => params
+                        .subject_alt_names
+                        .push(SanType::DnsName(n.clone().try_into().map_err(rc)?)),
                 }
             }
             params.not_before = rcgen::date_time_ymd(2024, 1, 1);
@@ -91,7 +101,8 @@ impl Pki {
             let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
             write_private(&token_path, token.as_bytes())?;
         }
-        let read = |path: PathBuf| fs::read_to_string(&path).map_err(|e| io_err("cannot read", &path, e));
+        let read =
+            |path: PathBuf| fs::read_to_string(&path).map_err(|e| io_err("cannot read", &path, e));
         Ok(Pki {
             ca_pem,
             cert_pem: read(p("server.crt"))?,
@@ -136,16 +147,26 @@ impl Pki {
 
 fn ca_params() -> Result<CertificateParams> {
     let mut params = CertificateParams::new(Vec::<String>::new()).map_err(rc)?;
-    params.distinguished_name.push(DnType::CommonName, "vmsnap-ca");
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "vmsnap-ca");
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2045, 1, 1);
     Ok(params)
 }
 
 fn server_names(listen: SocketAddr) -> Vec<String> {
-    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    let mut names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
     let ip = listen.ip();
     if !ip.is_unspecified() && !names.contains(&ip.to_string()) {
         names.push(ip.to_string());

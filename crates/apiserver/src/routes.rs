@@ -21,15 +21,17 @@ pub(crate) fn router(state: Arc<State>, extra: Option<Router>, public: Option<Ro
     });
     // Extra routes sit behind the same bearer-token check as the Kubernetes API.
     let tok = state.token.clone();
-    let authed_extra = authed_extra.layer(axum::middleware::from_fn(move |req: Request, next: axum::middleware::Next| {
-        let tok = tok.clone();
-        async move {
-            if !authorized(req.headers(), &tok) {
-                return error_response(&unauthorized());
+    let authed_extra = authed_extra.layer(axum::middleware::from_fn(
+        move |req: Request, next: axum::middleware::Next| {
+            let tok = tok.clone();
+            async move {
+                if !authorized(req.headers(), &tok) {
+                    return error_response(&unauthorized());
+                }
+                next.run(req).await
             }
-            next.run(req).await
-        }
-    }));
+        },
+    ));
     app = app.merge(authed_extra);
     if let Some(p) = public {
         app = app.merge(p);
@@ -38,12 +40,18 @@ pub(crate) fn router(state: Arc<State>, extra: Option<Router>, public: Option<Ro
 }
 
 fn unauthorized() -> Error {
-    Error::new(ErrorKind::Unauthorized, "Unauthorized: a valid bearer token is required")
+    Error::new(
+        ErrorKind::Unauthorized,
+        "Unauthorized: a valid bearer token is required",
+    )
 }
 
 /// Compares in constant time so the token cannot be guessed byte by byte.
 fn authorized(headers: &HeaderMap, token: &str) -> bool {
-    let Some(given) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     let Some(given) = given.strip_prefix("Bearer ") else {
@@ -86,7 +94,9 @@ pub(crate) struct Target {
 }
 
 fn not_found_path(path: &str) -> Error {
-    Error::not_found(format!("the server could not find the requested resource ({path})"))
+    Error::not_found(format!(
+        "the server could not find the requested resource ({path})"
+    ))
 }
 
 fn parse_target(path: &str) -> Result<Target, Error> {
@@ -97,7 +107,9 @@ fn parse_target(path: &str) -> Result<Target, Error> {
         _ => return Err(not_found_path(path)),
     };
     let find = |plural: &str| {
-        registry::by_plural(group, plural).filter(|r| r.serves(version)).ok_or_else(|| not_found_path(path))
+        registry::by_plural(group, plural)
+            .filter(|r| r.serves(version))
+            .ok_or_else(|| not_found_path(path))
     };
     let mk = |res, ns: Option<&str>, name: Option<&str>, sub: Option<&str>| Target {
         res,
@@ -107,7 +119,9 @@ fn parse_target(path: &str) -> Result<Target, Error> {
         sub: sub.map(String::from),
     };
     let t = match rest {
-        ["namespaces", ns, plural, tail @ ..] if group.is_empty() && matches!(*plural, "status" | "finalize") && tail.is_empty() => {
+        ["namespaces", ns, plural, tail @ ..]
+            if group.is_empty() && matches!(*plural, "status" | "finalize") && tail.is_empty() =>
+        {
             mk(find("namespaces")?, None, Some(ns), Some(plural))
         }
         ["namespaces", ns, plural, tail @ ..] => {
@@ -148,7 +162,10 @@ fn parse_target(path: &str) -> Result<Target, Error> {
         // A name that is not DNS-1123 can exist nowhere, so it is simply not found; this also
         // keeps such names away from anything downstream that might turn them into paths.
         if meta::validate_subdomain(n).is_some() {
-            return Err(Error::not_found(format!("{}.{} {:?} not found", t.res.plural, t.res.group, n)));
+            return Err(Error::not_found(format!(
+                "{}.{} {:?} not found",
+                t.res.plural, t.res.group, n
+            )));
         }
     }
     Ok(t)
@@ -176,11 +193,18 @@ async fn handle(state: Arc<State>, req: Request) -> Response {
         (Method::GET, "/version") => Ok(json_response(StatusCode::OK, &discovery::version())),
         (Method::GET, "/metrics") => {
             let text = state.metrics.as_ref().map(|m| m()).unwrap_or_default();
-            Ok((StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+            Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                text,
+            )
+                .into_response())
         }
         (Method::GET, "/api") => Ok(json_response(StatusCode::OK, &discovery::api_versions())),
         (Method::GET, "/apis") => Ok(json_response(StatusCode::OK, &discovery::api_group_list())),
-        (Method::GET, "/openapi/v3") => Ok(json_response(StatusCode::OK, &discovery::openapi_root())),
+        (Method::GET, "/openapi/v3") => {
+            Ok(json_response(StatusCode::OK, &discovery::openapi_root()))
+        }
         (Method::GET, "/openapi/v2") => Err(not_found_path(&path)),
         (Method::GET, p) if p.starts_with("/openapi/v3/") => {
             let rest = &p["/openapi/v3/".len()..];
@@ -193,21 +217,48 @@ async fn handle(state: Arc<State>, req: Request) -> Response {
                 .map(|d| json_response(StatusCode::OK, &d))
                 .ok_or_else(|| not_found_path(&path))
         }
-        (Method::GET, p) if is_discovery(p) => discovery_doc(p).ok_or_else(|| not_found_path(&path)),
+        (Method::GET, p) if is_discovery(p) => {
+            discovery_doc(p).ok_or_else(|| not_found_path(&path))
+        }
         _ => {
-            let body = match axum::body::to_bytes(req.into_body(), MAX_BODY).await {
+            let body = match read_body(req.into_body()).await {
                 Ok(b) => b,
-                Err(_) => {
-                    return error_response(&Error::new(
-                        ErrorKind::TooLarge,
-                        format!("the request body is larger than the limit of {MAX_BODY} bytes"),
-                    ))
-                }
+                Err(e) => return error_response(&e),
             };
             resource_request(&state, method, &path, &query, &headers, body).await
         }
     };
     result.unwrap_or_else(|e| error_response(&e))
+}
+
+/// Reads at most [`MAX_BODY`] bytes. A larger body is still drained (up to a hard cap) so the
+/// client reads the 413 instead of a broken pipe.
+async fn read_body(body: axum::body::Body) -> Result<bytes::Bytes, Error> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut total = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|e| Error::bad_request(format!("reading the request body: {e}")))?;
+        if let Ok(data) = frame.into_data() {
+            total += data.len();
+            if total <= MAX_BODY {
+                buf.extend_from_slice(&data);
+            } else if total > 16 * MAX_BODY {
+                break;
+            }
+        }
+    }
+    if total > MAX_BODY {
+        return Err(Error::new(
+            ErrorKind::TooLarge,
+            format!(
+                "the request body ({total} bytes) is larger than the limit of {MAX_BODY} bytes"
+            ),
+        ));
+    }
+    Ok(buf.freeze())
 }
 
 fn is_discovery(p: &str) -> bool {
@@ -235,7 +286,10 @@ fn url_decode_pairs(q: &str) -> Vec<(String, String)> {
             match bytes[i] {
                 b'+' => out.push(b' '),
                 b'%' if i + 2 < bytes.len() => {
-                    match u8::from_str_radix(std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"), 16) {
+                    match u8::from_str_radix(
+                        std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("zz"),
+                        16,
+                    ) {
                         Ok(b) => {
                             out.push(b);
                             i += 2;
@@ -262,7 +316,13 @@ fn content_type(headers: &HeaderMap) -> String {
     headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
         .unwrap_or_default()
 }
 
@@ -272,10 +332,13 @@ pub(crate) fn decode_body(ct: &str, body: &[u8]) -> Result<Value, Error> {
         return Err(Error::bad_request("the request body is empty"));
     }
     let v: Value = if ct.contains("yaml") {
-        let text = std::str::from_utf8(body).map_err(|_| Error::bad_request("the YAML body is not UTF-8"))?;
-        serde_saphyr::from_str(text).map_err(|e| Error::bad_request(format!("malformed YAML: {e}")))?
+        let text = std::str::from_utf8(body)
+            .map_err(|_| Error::bad_request("the YAML body is not UTF-8"))?;
+        serde_saphyr::from_str(text)
+            .map_err(|e| Error::bad_request(format!("malformed YAML: {e}")))?
     } else {
-        serde_json::from_slice(body).map_err(|e| Error::bad_request(format!("malformed JSON: {e}")))?
+        serde_json::from_slice(body)
+            .map_err(|e| Error::bad_request(format!("malformed JSON: {e}")))?
     };
     if !v.is_object() {
         return Err(Error::bad_request("the request body must be an object"));
@@ -292,8 +355,12 @@ pub(crate) fn present(res: &Resource, version: &str, obj: &Value) -> Value {
     o
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> api::Result<T> + Send + 'static) -> api::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| Error::internal(format!("worker failed: {e}")))?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> api::Result<T> + Send + 'static,
+) -> api::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::internal(format!("worker failed: {e}")))?
 }
 
 fn run_hooks(
@@ -307,7 +374,14 @@ fn run_hooks(
     let mut object = object;
     for h in &state.hooks {
         let snapshot = object.as_deref().cloned();
-        let req = AdmissionRequest { resource: res, operation: op, subresource: sub, object: snapshot.as_ref(), old, store: state.store.as_ref() };
+        let req = AdmissionRequest {
+            resource: res,
+            operation: op,
+            subresource: sub,
+            object: snapshot.as_ref(),
+            old,
+            store: state.store.as_ref(),
+        };
         h.admit(&req, object.as_deref_mut())?;
     }
     Ok(())
@@ -322,7 +396,10 @@ async fn resource_request(
     body: bytes::Bytes,
 ) -> Result<Response, Error> {
     let t = parse_target(path)?;
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).map(String::from);
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
     let want_table = table::wants_table(accept.as_deref());
     let include_object = query.get("includeObject").map(String::as_str) == Some("Object");
     let fv = FieldValidation::parse(query.get("fieldValidation").map(String::as_str));
@@ -330,14 +407,23 @@ async fn resource_request(
     let ct = content_type(headers);
     let is_watch = query.get("watch").is_some_and(|w| w == "true" || w == "1");
     match (method, t.name.is_some()) {
-        (Method::GET, false) if is_watch => watch::serve_watch(state.clone(), t, query, want_table).await,
+        (Method::GET, false) if is_watch => {
+            watch::serve_watch(state.clone(), t, query, want_table).await
+        }
         (Method::GET, false) => list(state, &t, query, want_table, include_object),
         (Method::GET, true) => {
-            let obj = state.store.get(t.res, t.namespace.as_deref().unwrap_or(""), t.name.as_deref().unwrap_or(""))?;
+            let obj = state.store.get(
+                t.res,
+                t.namespace.as_deref().unwrap_or(""),
+                t.name.as_deref().unwrap_or(""),
+            )?;
             let obj = present(t.res, &t.version, &obj);
             if want_table {
                 let rv = meta::resource_version(&obj).parse().unwrap_or(0);
-                Ok(json_response(StatusCode::OK, &table::table(t.res, &[&obj], rv, include_object)))
+                Ok(json_response(
+                    StatusCode::OK,
+                    &table::table(t.res, &[&obj], rv, include_object),
+                ))
             } else {
                 Ok(json_response(StatusCode::OK, &obj))
             }
@@ -347,23 +433,45 @@ async fn resource_request(
         (Method::PATCH, true) => patch(state, &t, &ct, &body, fv, dry_run).await,
         (Method::DELETE, true) => delete(state, &t, &ct, &body).await,
         (Method::DELETE, false) => delete_collection(state, &t, query).await,
-        (m, _) => Err(Error::new(ErrorKind::MethodNotAllowed, format!("method {m} is not allowed on {path}"))),
+        (m, _) => Err(Error::new(
+            ErrorKind::MethodNotAllowed,
+            format!("method {m} is not allowed on {path}"),
+        )),
     }
 }
 
-fn selectors(query: &HashMap<String, String>) -> Result<(meta::LabelSelector, meta::FieldSelector), Error> {
-    let labels = meta::LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))?;
-    let fields = meta::FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
+fn selectors(
+    query: &HashMap<String, String>,
+) -> Result<(meta::LabelSelector, meta::FieldSelector), Error> {
+    let labels =
+        meta::LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))?;
+    let fields =
+        meta::FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
     Ok((labels, fields))
 }
 
-fn list(state: &State, t: &Target, query: &HashMap<String, String>, want_table: bool, include_object: bool) -> Result<Response, Error> {
+fn list(
+    state: &State,
+    t: &Target,
+    query: &HashMap<String, String>,
+    want_table: bool,
+    include_object: bool,
+) -> Result<Response, Error> {
     let (labels, fields) = selectors(query)?;
-    let list = state.store.list(t.res, t.namespace.as_deref(), &labels, &fields)?;
+    let list = state
+        .store
+        .list(t.res, t.namespace.as_deref(), &labels, &fields)?;
     if want_table {
-        let presented: Vec<Value> = list.items.iter().map(|o| present(t.res, &t.version, o)).collect();
+        let presented: Vec<Value> = list
+            .items
+            .iter()
+            .map(|o| present(t.res, &t.version, o))
+            .collect();
         let refs: Vec<&Value> = presented.iter().collect();
-        return Ok(json_response(StatusCode::OK, &table::table(t.res, &refs, list.revision, include_object)));
+        return Ok(json_response(
+            StatusCode::OK,
+            &table::table(t.res, &refs, list.revision, include_object),
+        ));
     }
     // Lists can be large: write the items straight into the body instead of building a tree.
     let mut out = Vec::with_capacity(64 + list.items.len() * 1024);
@@ -388,7 +496,12 @@ fn list(state: &State, t: &Target, query: &HashMap<String, String>, want_table: 
         .map_err(|e| Error::internal(e.to_string()))?;
     }
     out.extend_from_slice(b"]}");
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], out).into_response())
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        out,
+    )
+        .into_response())
 }
 
 /// Checks the namespace in the path against the body, and that it exists and is not going away.
@@ -401,7 +514,10 @@ fn place_in_namespace(state: &State, t: &Target, obj: &mut Value) -> Result<(), 
         return Ok(());
     }
     let Some(ns) = t.namespace.as_deref() else {
-        return Err(Error::bad_request(format!("{} is namespaced: create it under /namespaces/<namespace>/", t.res.kind)));
+        return Err(Error::bad_request(format!(
+            "{} is namespaced: create it under /namespaces/<namespace>/",
+            t.res.kind
+        )));
     };
     if !body_ns.is_empty() && body_ns != ns {
         return Err(Error::bad_request(
@@ -415,11 +531,15 @@ fn place_in_namespace(state: &State, t: &Target, obj: &mut Value) -> Result<(), 
     match state.store.get(nsres, "", ns) {
         Ok(n) if meta::is_deleting(&n) => Err(Error::new(
             ErrorKind::Forbidden,
-            format!("unable to create new content in namespace {ns} because it is being terminated"),
+            format!(
+                "unable to create new content in namespace {ns} because it is being terminated"
+            ),
         )),
         Ok(_) => Ok(()),
-        Err(e) if e.is(ErrorKind::NotFound) => Err(Error::not_found(format!("namespaces \"{ns}\" not found"))
-            .with_subject("", "namespaces", ns)),
+        Err(e) if e.is(ErrorKind::NotFound) => Err(Error::not_found(format!(
+            "namespaces \"{ns}\" not found"
+        ))
+        .with_subject("", "namespaces", ns)),
         Err(e) => Err(e),
     }
 }
@@ -435,19 +555,31 @@ fn check_api_version(t: &Target, obj: &Value) -> Result<(), Error> {
     }
 }
 
-async fn create(state: &Arc<State>, t: &Target, mut obj: Value, fv: FieldValidation, dry_run: bool) -> Result<Response, Error> {
+async fn create(
+    state: &Arc<State>,
+    t: &Target,
+    mut obj: Value,
+    fv: FieldValidation,
+    dry_run: bool,
+) -> Result<Response, Error> {
     check_api_version(t, &obj)?;
     place_in_namespace(state, t, &mut obj)?;
     let admitted = api::admit(t.res, obj, fv)?;
     let mut obj = admitted.object;
     run_hooks(state, t.res, Operation::Create, None, Some(&mut obj), None)?;
     if dry_run {
-        return Ok(with_warnings(json_response(StatusCode::CREATED, &present(t.res, &t.version, &obj)), &admitted.warnings));
+        return Ok(with_warnings(
+            json_response(StatusCode::CREATED, &present(t.res, &t.version, &obj)),
+            &admitted.warnings,
+        ));
     }
     let store = state.store.clone();
     let res = t.res;
     let created = blocking(move || store.create(res, obj)).await?;
-    Ok(with_warnings(json_response(StatusCode::CREATED, &present(t.res, &t.version, &created)), &admitted.warnings))
+    Ok(with_warnings(
+        json_response(StatusCode::CREATED, &present(t.res, &t.version, &created)),
+        &admitted.warnings,
+    ))
 }
 
 fn check_name(t: &Target, obj: &mut Value) -> Result<(), Error> {
@@ -464,14 +596,23 @@ fn check_name(t: &Target, obj: &mut Value) -> Result<(), Error> {
     }
 }
 
-async fn write(state: &Arc<State>, t: &Target, mut obj: Value, fv: FieldValidation, dry_run: bool) -> Result<(Value, Vec<String>), Error> {
+async fn write(
+    state: &Arc<State>,
+    t: &Target,
+    mut obj: Value,
+    fv: FieldValidation,
+    dry_run: bool,
+) -> Result<(Value, Vec<String>), Error> {
     check_api_version(t, &obj)?;
     check_name(t, &mut obj)?;
     let ns = t.namespace.clone().unwrap_or_default();
     if t.res.namespaced {
-        meta::ensure_object(&mut obj, "metadata").insert("namespace".into(), Value::String(ns.clone()));
+        meta::ensure_object(&mut obj, "metadata")
+            .insert("namespace".into(), Value::String(ns.clone()));
     }
-    let old = state.store.get(t.res, &ns, t.name.as_deref().unwrap_or(""))?;
+    let old = state
+        .store
+        .get(t.res, &ns, t.name.as_deref().unwrap_or(""))?;
     let is_status = t.sub.as_deref() == Some("status");
     let (mut obj, warnings) = if is_status {
         let mut o = (*old).clone();
@@ -482,19 +623,42 @@ async fn write(state: &Arc<State>, t: &Target, mut obj: Value, fv: FieldValidati
         let a = api::admit(t.res, obj, fv)?;
         (a.object, a.warnings)
     };
-    run_hooks(state, t.res, Operation::Update, t.sub.as_deref(), Some(&mut obj), Some(&old))?;
+    run_hooks(
+        state,
+        t.res,
+        Operation::Update,
+        t.sub.as_deref(),
+        Some(&mut obj),
+        Some(&old),
+    )?;
     if dry_run {
         return Ok((obj, warnings));
     }
     let store = state.store.clone();
     let res = t.res;
-    let stored = blocking(move || if is_status { store.update_status(res, obj) } else { store.update(res, obj) }).await?;
+    let stored = blocking(move || {
+        if is_status {
+            store.update_status(res, obj)
+        } else {
+            store.update(res, obj)
+        }
+    })
+    .await?;
     Ok(((*stored).clone(), warnings))
 }
 
-async fn update(state: &Arc<State>, t: &Target, obj: Value, fv: FieldValidation, dry_run: bool) -> Result<Response, Error> {
+async fn update(
+    state: &Arc<State>,
+    t: &Target,
+    obj: Value,
+    fv: FieldValidation,
+    dry_run: bool,
+) -> Result<Response, Error> {
     let (stored, warnings) = write(state, t, obj, fv, dry_run).await?;
-    Ok(with_warnings(json_response(StatusCode::OK, &present(t.res, &t.version, &stored)), &warnings))
+    Ok(with_warnings(
+        json_response(StatusCode::OK, &present(t.res, &t.version, &stored)),
+        &warnings,
+    ))
 }
 
 /// RFC 7386 JSON merge patch.
@@ -517,7 +681,14 @@ pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-async fn patch(state: &Arc<State>, t: &Target, ct: &str, body: &[u8], fv: FieldValidation, dry_run: bool) -> Result<Response, Error> {
+async fn patch(
+    state: &Arc<State>,
+    t: &Target,
+    ct: &str,
+    body: &[u8],
+    fv: FieldValidation,
+    dry_run: bool,
+) -> Result<Response, Error> {
     enum Kind {
         Merge(Value),
         Json(json_patch::Patch),
@@ -550,14 +721,23 @@ async fn patch(state: &Arc<State>, t: &Target, ct: &str, body: &[u8], fv: FieldV
         let mut doc = present(t.res, &t.version, &current);
         match &kind {
             Kind::Merge(p) => merge_patch(&mut doc, p),
-            Kind::Json(p) => json_patch::patch(&mut doc, p).map_err(|e| Error::new(ErrorKind::Invalid, format!("the JSON patch could not be applied: {e}")))?,
+            Kind::Json(p) => json_patch::patch(&mut doc, p).map_err(|e| {
+                Error::new(
+                    ErrorKind::Invalid,
+                    format!("the JSON patch could not be applied: {e}"),
+                )
+            })?,
         }
         if !pinned_rv {
-            doc["metadata"]["resourceVersion"] = Value::String(meta::resource_version(&current).to_string());
+            doc["metadata"]["resourceVersion"] =
+                Value::String(meta::resource_version(&current).to_string());
         }
         match write(state, t, doc, fv, dry_run).await {
             Ok((stored, warnings)) => {
-                return Ok(with_warnings(json_response(StatusCode::OK, &present(t.res, &t.version, &stored)), &warnings))
+                return Ok(with_warnings(
+                    json_response(StatusCode::OK, &present(t.res, &t.version, &stored)),
+                    &warnings,
+                ))
             }
             Err(e) if e.is(ErrorKind::Conflict) && !pinned_rv && attempt < 4 => continue,
             Err(e) => return Err(e),
@@ -567,7 +747,14 @@ async fn patch(state: &Arc<State>, t: &Target, ct: &str, body: &[u8], fv: FieldV
 }
 
 fn decode_any(body: &[u8], yaml: bool) -> Result<Value, Error> {
-    decode_body(if yaml { "application/yaml" } else { "application/json" }, body)
+    decode_body(
+        if yaml {
+            "application/yaml"
+        } else {
+            "application/json"
+        },
+        body,
+    )
 }
 
 async fn delete(state: &Arc<State>, t: &Target, ct: &str, body: &[u8]) -> Result<Response, Error> {
@@ -575,9 +762,18 @@ async fn delete(state: &Arc<State>, t: &Target, ct: &str, body: &[u8]) -> Result
     let name = t.name.clone().unwrap_or_default();
     let mut pre = Preconditions::default();
     if !body.iter().all(u8::is_ascii_whitespace) {
-        let opts = decode_body(if ct.is_empty() { "application/json" } else { ct }, body)?;
+        let opts = decode_body(
+            if ct.is_empty() {
+                "application/json"
+            } else {
+                ct
+            },
+            body,
+        )?;
         pre.uid = opts["preconditions"]["uid"].as_str().map(String::from);
-        pre.resource_version = opts["preconditions"]["resourceVersion"].as_str().map(String::from);
+        pre.resource_version = opts["preconditions"]["resourceVersion"]
+            .as_str()
+            .map(String::from);
     }
     let old = state.store.get(t.res, &ns, &name)?;
     run_hooks(state, t.res, Operation::Delete, None, None, Some(&old))?;
@@ -587,7 +783,10 @@ async fn delete(state: &Arc<State>, t: &Target, ct: &str, body: &[u8]) -> Result
     let out = blocking(move || store.delete(res, &ns2, &name2, &pre)).await?;
     if meta::is_deleting(&out) && !meta::finalizers(&out).is_empty() {
         // Still present, held by finalizers: kube-apiserver answers with the object.
-        return Ok(json_response(StatusCode::OK, &present(t.res, &t.version, &out)));
+        return Ok(json_response(
+            StatusCode::OK,
+            &present(t.res, &t.version, &out),
+        ));
     }
     Ok(json_response(
         StatusCode::OK,
@@ -601,9 +800,15 @@ async fn delete(state: &Arc<State>, t: &Target, ct: &str, body: &[u8]) -> Result
     ))
 }
 
-async fn delete_collection(state: &Arc<State>, t: &Target, query: &HashMap<String, String>) -> Result<Response, Error> {
+async fn delete_collection(
+    state: &Arc<State>,
+    t: &Target,
+    query: &HashMap<String, String>,
+) -> Result<Response, Error> {
     let (labels, fields) = selectors(query)?;
-    let list = state.store.list(t.res, t.namespace.as_deref(), &labels, &fields)?;
+    let list = state
+        .store
+        .list(t.res, t.namespace.as_deref(), &labels, &fields)?;
     let mut deleted = Vec::new();
     for o in list.items {
         run_hooks(state, t.res, Operation::Delete, None, None, Some(&o))?;

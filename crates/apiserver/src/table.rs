@@ -6,11 +6,16 @@ use serde_json::{json, Value};
 
 /// Whether the client asked for a Table (`Accept: application/json;as=Table;...`).
 pub fn wants_table(accept: Option<&str>) -> bool {
-    accept.is_some_and(|a| a.split(',').any(|part| part.split(';').any(|p| p.trim() == "as=Table")))
+    accept.is_some_and(|a| {
+        a.split(',')
+            .any(|part| part.split(';').any(|p| p.trim() == "as=Table"))
+    })
 }
 
 pub fn column_definitions(res: &Resource) -> Vec<Value> {
-    let mut cols = vec![json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0})];
+    let mut cols = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": "Name must be unique within a namespace.", "priority": 0}),
+    ];
     for c in res.columns {
         let (ty, format) = match c.ty {
             ColumnType::String => ("string", ""),
@@ -29,7 +34,14 @@ fn cell(obj: &Value, ty: ColumnType, path: &str) -> Value {
         (_, None) => Value::Null,
         (ColumnType::Date, Some(Value::String(s))) => Value::String(meta::age(s)),
         (ColumnType::String, Some(Value::Array(a))) => Value::String(
-            a.iter().map(|x| x.as_str().map(String::from).unwrap_or_else(|| x.to_string())).collect::<Vec<_>>().join(","),
+            a.iter()
+                .map(|x| {
+                    x.as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| x.to_string())
+                })
+                .collect::<Vec<_>>()
+                .join(","),
         ),
         (_, Some(v)) => v.clone(),
     }

@@ -20,26 +20,38 @@ fn line(ty: &str, object: Value) -> bytes::Bytes {
     bytes::Bytes::from(v)
 }
 
-pub(crate) async fn serve_watch(state: Arc<State>, t: Target, query: &HashMap<String, String>, want_table: bool) -> Result<Response, Error> {
-    let labels = meta::LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))?;
-    let fields = meta::FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
+pub(crate) async fn serve_watch(
+    state: Arc<State>,
+    t: Target,
+    query: &HashMap<String, String>,
+    want_table: bool,
+) -> Result<Response, Error> {
+    let labels =
+        meta::LabelSelector::parse(query.get("labelSelector").map(String::as_str).unwrap_or(""))?;
+    let fields =
+        meta::FieldSelector::parse(query.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
     let timeout = query
         .get("timeoutSeconds")
         .and_then(|s| s.parse::<u64>().ok())
         .filter(|s| *s > 0)
         .unwrap_or(1800)
         .min(3600);
-    let bookmarks = query.get("allowWatchBookmarks").is_some_and(|b| b == "true");
+    let bookmarks = query
+        .get("allowWatchBookmarks")
+        .is_some_and(|b| b == "true");
     let include_object = query.get("includeObject").map(String::as_str) == Some("Object");
     // No resourceVersion (or "0") means: the current state as ADDED events, then changes.
     let (initial, from) = match query.get("resourceVersion").map(String::as_str) {
         None | Some("") | Some("0") => {
-            let l = state.store.list(t.res, t.namespace.as_deref(), &labels, &fields)?;
+            let l = state
+                .store
+                .list(t.res, t.namespace.as_deref(), &labels, &fields)?;
             (l.items, l.revision)
         }
         Some(rv) => (
             Vec::new(),
-            rv.parse::<u64>().map_err(|_| Error::bad_request(format!("invalid resourceVersion {rv:?}")))?,
+            rv.parse::<u64>()
+                .map_err(|_| Error::bad_request(format!("invalid resourceVersion {rv:?}")))?,
         ),
     };
     let mut w = match state.store.watch(Some(t.res), t.namespace.as_deref(), from) {
@@ -99,8 +111,19 @@ pub(crate) async fn serve_watch(state: Arc<State>, t: Target, query: &HashMap<St
             }
         }
     });
-    let stream = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx)) });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
     let _ = json_response;
-    Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/json"), (header::CACHE_CONTROL, "no-cache, private")], Body::from_stream(stream))
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/json"),
+            (header::CACHE_CONTROL, "no-cache, private"),
+        ],
+        Body::from_stream(stream),
+    )
         .into_response())
 }

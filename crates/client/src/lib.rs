@@ -16,19 +16,25 @@ pub fn default_data_dir() -> PathBuf {
     if let Some(x) = std::env::var_os("XDG_DATA_HOME").filter(|x| !x.is_empty()) {
         return PathBuf::from(x).join("vmsnap");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/vmsnap")
 }
 
 fn rustix_is_root() -> bool {
     // /proc/self is owned by the effective uid; avoids a libc dependency for one call.
-    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
 }
 
 pub fn kubeconfig_path() -> PathBuf {
     match std::env::var_os("KUBECONFIG").filter(|k| !k.is_empty()) {
         // kubectl accepts a list; the first entry is where we read the current context.
-        Some(k) => std::env::split_paths(&k).next().unwrap_or_else(|| PathBuf::from(k)),
+        Some(k) => std::env::split_paths(&k)
+            .next()
+            .unwrap_or_else(|| PathBuf::from(k)),
         None => default_data_dir().join("kubeconfig"),
     }
 }
@@ -42,7 +48,10 @@ pub struct Client {
 }
 
 fn cfg_err(path: &Path, msg: impl std::fmt::Display) -> Error {
-    Error::new(ErrorKind::FailedPrecondition, format!("kubeconfig {}: {msg}", path.display()))
+    Error::new(
+        ErrorKind::FailedPrecondition,
+        format!("kubeconfig {}: {msg}", path.display()),
+    )
 }
 
 impl Client {
@@ -52,7 +61,10 @@ impl Client {
 
     pub fn from_kubeconfig(path: &Path) -> Result<Client> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            cfg_err(path, format!("{e} (is `vmsnap serve` running? set $KUBECONFIG to point elsewhere)"))
+            cfg_err(
+                path,
+                format!("{e} (is `vmsnap serve` running? set $KUBECONFIG to point elsewhere)"),
+            )
         })?;
         let kc: Value = serde_saphyr::from_str(&text).map_err(|e| cfg_err(path, e))?;
         let ctx_name = kc["current-context"].as_str().unwrap_or("");
@@ -66,7 +78,9 @@ impl Client {
         let ctx = &ctx["context"];
         let cluster = find("clusters", ctx["cluster"].as_str().unwrap_or(""));
         let user = find("users", ctx["user"].as_str().unwrap_or(""));
-        let server = cluster["cluster"]["server"].as_str().ok_or_else(|| cfg_err(path, "no server in the current context"))?;
+        let server = cluster["cluster"]["server"]
+            .as_str()
+            .ok_or_else(|| cfg_err(path, "no server in the current context"))?;
         let ca = cluster["cluster"]["certificate-authority-data"]
             .as_str()
             .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok());
@@ -75,11 +89,17 @@ impl Client {
         Self::new(server, ca.as_deref(), &token, &namespace)
     }
 
-    pub fn new(server: &str, ca_pem: Option<&[u8]>, token: &str, namespace: &str) -> Result<Client> {
+    pub fn new(
+        server: &str,
+        ca_pem: Option<&[u8]>,
+        token: &str,
+        namespace: &str,
+    ) -> Result<Client> {
         use ureq::tls::{Certificate, RootCerts, TlsConfig};
         let mut tls = TlsConfig::builder();
         if let Some(pem) = ca_pem {
-            let cert = Certificate::from_pem(pem).map_err(|e| Error::bad_request(format!("bad CA certificate: {e}")))?;
+            let cert = Certificate::from_pem(pem)
+                .map_err(|e| Error::bad_request(format!("bad CA certificate: {e}")))?;
             tls = tls.root_certs(RootCerts::new_with_certs(&[cert.to_owned()]));
         }
         let agent: ureq::Agent = ureq::Agent::config_builder()
@@ -87,7 +107,12 @@ impl Client {
             .http_status_as_error(false)
             .build()
             .into();
-        Ok(Client { agent, server: server.trim_end_matches('/').to_string(), token: token.to_string(), namespace: namespace.to_string() })
+        Ok(Client {
+            agent,
+            server: server.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            namespace: namespace.to_string(),
+        })
     }
 
     /// The URL path of a collection or an item.
@@ -112,10 +137,26 @@ impl Client {
     }
 
     /// Sends a request and returns status and body. Non-2xx answers are not errors here.
-    pub fn raw(&self, method: &str, path: &str, body: Option<(&str, &[u8])>, accept: Option<&str>) -> Result<(u16, Vec<u8>)> {
+    pub fn raw(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<(&str, &[u8])>,
+        accept: Option<&str>,
+    ) -> Result<(u16, Vec<u8>)> {
         let url = format!("{}{}", self.server, path);
-        let auth = format!("Bearer {}", self.token);
-        let conn = |e: ureq::Error| Error::new(ErrorKind::Timeout, format!("cannot reach {}: {e}", self.server));
+        // An empty token sends a header the server rejects, which is what an anonymous client gets.
+        let auth = if self.token.is_empty() {
+            "Bearer -".to_string()
+        } else {
+            format!("Bearer {}", self.token)
+        };
+        let conn = |e: ureq::Error| {
+            Error::new(
+                ErrorKind::Timeout,
+                format!("cannot reach {}: {e}", self.server),
+            )
+        };
         let mut resp = match (method, body) {
             ("GET", _) => {
                 let mut r = self.agent.get(&url).header("Authorization", &auth);
@@ -124,7 +165,12 @@ impl Client {
                 }
                 r.call().map_err(conn)?
             }
-            ("DELETE", None) => self.agent.delete(&url).header("Authorization", &auth).call().map_err(conn)?,
+            ("DELETE", None) => self
+                .agent
+                .delete(&url)
+                .header("Authorization", &auth)
+                .call()
+                .map_err(conn)?,
             ("DELETE", Some((ct, b))) => self
                 .agent
                 .delete(&url)
@@ -141,7 +187,10 @@ impl Client {
                     "PATCH" => self.agent.patch(&url),
                     other => return Err(Error::bad_request(format!("unsupported method {other}"))),
                 };
-                req.header("Authorization", &auth).header("Content-Type", ct).send(b).map_err(conn)?
+                req.header("Authorization", &auth)
+                    .header("Content-Type", ct)
+                    .send(b)
+                    .map_err(conn)?
             }
         };
         let status = resp.status().as_u16();
@@ -156,13 +205,17 @@ impl Client {
 
     fn json(&self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Result<Value> {
         let (status, bytes) = self.raw(method, path, body, None)?;
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let v: Value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         if (200..300).contains(&status) {
             Ok(v)
         } else if v["kind"] == "Status" {
             Err(Error::from_status(&v))
         } else {
-            Err(Error::internal(format!("HTTP {status}: {}", String::from_utf8_lossy(&bytes))))
+            Err(Error::internal(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&bytes)
+            )))
         }
     }
 
@@ -170,7 +223,12 @@ impl Client {
         self.json("GET", &Self::path(res, Some(ns), Some(name)), None)
     }
 
-    pub fn list(&self, res: &Resource, ns: Option<&str>, label_selector: Option<&str>) -> Result<Value> {
+    pub fn list(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        label_selector: Option<&str>,
+    ) -> Result<Value> {
         let mut p = Self::path(res, ns, None);
         if let Some(l) = label_selector {
             p.push_str(&format!("?labelSelector={}", encode(l)));
@@ -180,8 +238,14 @@ impl Client {
 
     /// A Table, as kubectl asks for it.
     pub fn table(&self, path: &str) -> Result<Value> {
-        let (status, bytes) = self.raw("GET", path, None, Some("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"))?;
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| Error::internal(format!("bad response: {e}")))?;
+        let (status, bytes) = self.raw(
+            "GET",
+            path,
+            None,
+            Some("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"),
+        )?;
+        let v: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::internal(format!("bad response: {e}")))?;
         if (200..300).contains(&status) {
             Ok(v)
         } else {
@@ -191,40 +255,81 @@ impl Client {
 
     pub fn create(&self, res: &Resource, ns: &str, obj: &Value) -> Result<Value> {
         let body = serde_json::to_vec(obj)?;
-        self.json("POST", &Self::path(res, Some(ns), None), Some(("application/json", &body)))
+        self.json(
+            "POST",
+            &Self::path(res, Some(ns), None),
+            Some(("application/json", &body)),
+        )
     }
 
     pub fn replace(&self, res: &Resource, ns: &str, obj: &Value) -> Result<Value> {
         let body = serde_json::to_vec(obj)?;
-        self.json("PUT", &Self::path(res, Some(ns), Some(api::meta::name(obj))), Some(("application/json", &body)))
+        self.json(
+            "PUT",
+            &Self::path(res, Some(ns), Some(api::meta::name(obj))),
+            Some(("application/json", &body)),
+        )
     }
 
     pub fn update_status(&self, res: &Resource, ns: &str, obj: &Value) -> Result<Value> {
         let body = serde_json::to_vec(obj)?;
-        let p = format!("{}/status", Self::path(res, Some(ns), Some(api::meta::name(obj))));
+        let p = format!(
+            "{}/status",
+            Self::path(res, Some(ns), Some(api::meta::name(obj)))
+        );
         self.json("PUT", &p, Some(("application/json", &body)))
     }
 
-    pub fn patch_merge(&self, res: &Resource, ns: &str, name: &str, patch: &Value) -> Result<Value> {
+    pub fn patch_merge(
+        &self,
+        res: &Resource,
+        ns: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<Value> {
         let body = serde_json::to_vec(patch)?;
-        self.json("PATCH", &Self::path(res, Some(ns), Some(name)), Some(("application/merge-patch+json", &body)))
+        self.json(
+            "PATCH",
+            &Self::path(res, Some(ns), Some(name)),
+            Some(("application/merge-patch+json", &body)),
+        )
     }
 
     pub fn delete(&self, res: &Resource, ns: &str, name: &str) -> Result<Value> {
-        let body = br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background"}"#;
-        self.json("DELETE", &Self::path(res, Some(ns), Some(name)), Some(("application/json", body)))
+        let body =
+            br#"{"kind":"DeleteOptions","apiVersion":"v1","propagationPolicy":"Background"}"#;
+        self.json(
+            "DELETE",
+            &Self::path(res, Some(ns), Some(name)),
+            Some(("application/json", body)),
+        )
     }
 
     /// A raw JSON request to any path (the platform API, metrics).
     pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value> {
         let bytes = body.map(serde_json::to_vec).transpose()?;
-        self.json(method, path, bytes.as_deref().map(|b| ("application/json", b)))
+        self.json(
+            method,
+            path,
+            bytes.as_deref().map(|b| ("application/json", b)),
+        )
     }
 
     /// Follows a watch: calls `f` with each event until it returns false or the server ends
     /// the stream.
-    pub fn watch(&self, res: &Resource, ns: Option<&str>, field_selector: Option<&str>, from: &str, timeout_secs: u64, mut f: impl FnMut(&Value) -> bool) -> Result<()> {
-        let mut p = format!("{}?watch=true&resourceVersion={from}&timeoutSeconds={timeout_secs}", Self::path(res, ns, None));
+    pub fn watch(
+        &self,
+        res: &Resource,
+        ns: Option<&str>,
+        field_selector: Option<&str>,
+        from: &str,
+        timeout_secs: u64,
+        mut f: impl FnMut(&Value) -> bool,
+    ) -> Result<()> {
+        let mut p = format!(
+            "{}?watch=true&resourceVersion={from}&timeoutSeconds={timeout_secs}",
+            Self::path(res, ns, None)
+        );
         if let Some(fs) = field_selector {
             p.push_str(&format!("&fieldSelector={}", encode(fs)));
         }
@@ -238,7 +343,9 @@ impl Client {
         if resp.status().as_u16() != 200 {
             let mut s = String::new();
             let _ = resp.body_mut().as_reader().read_to_string(&mut s);
-            return Err(serde_json::from_str::<Value>(&s).map(|v| Error::from_status(&v)).unwrap_or_else(|_| Error::internal(s)));
+            return Err(serde_json::from_str::<Value>(&s)
+                .map(|v| Error::from_status(&v))
+                .unwrap_or_else(|_| Error::internal(s)));
         }
         let reader = BufReader::new(resp.body_mut().with_config().limit(u64::MAX).reader());
         for line in reader.lines() {
@@ -263,7 +370,9 @@ pub fn encode(s: &str) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => out.push(b as char),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                out.push(b as char)
+            }
             _ => out.push_str(&format!("%{b:02X}")),
         }
     }

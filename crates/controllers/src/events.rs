@@ -32,7 +32,11 @@ impl Recorder {
             ns => ns,
         };
         let now = chrono::Utc::now();
-        let name = format!("{}.{:x}", meta::name(obj), now.timestamp_nanos_opt().unwrap_or(0));
+        let name = format!(
+            "{}.{:x}",
+            meta::name(obj),
+            now.timestamp_nanos_opt().unwrap_or(0)
+        );
         let ts = meta::now_rfc3339();
         let ev = json!({
             "apiVersion": "v1",

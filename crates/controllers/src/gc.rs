@@ -53,7 +53,9 @@ pub fn collect_orphans(store: &dyn Store) -> usize {
     let mut live: HashSet<String> = HashSet::new();
     let mut dependents: Vec<(&'static Resource, Arc<Value>)> = Vec::new();
     for res in RESOURCES {
-        let Ok(list) = store.list(res, None, &all, &none) else { continue };
+        let Ok(list) = store.list(res, None, &all, &none) else {
+            continue;
+        };
         for o in list.items {
             // An owner being deleted in the foreground still counts as live; background
             // propagation only removes dependents of owners that are gone.
@@ -67,11 +69,19 @@ pub fn collect_orphans(store: &dyn Store) -> usize {
     for (res, o) in dependents {
         let owners = meta::owner_uids(&o);
         if owners.iter().all(|u| !live.contains(u)) && !meta::is_deleting(&o) {
-            let pre = Preconditions { uid: Some(meta::uid(&o).to_string()), resource_version: None };
+            let pre = Preconditions {
+                uid: Some(meta::uid(&o).to_string()),
+                resource_version: None,
+            };
             match store.delete(res, meta::namespace(&o), meta::name(&o), &pre) {
                 Ok(_) => {
                     n += 1;
-                    tracing::info!(kind = res.kind, name = meta::name(&o), namespace = meta::namespace(&o), "garbage-collected a dependent whose owner is gone");
+                    tracing::info!(
+                        kind = res.kind,
+                        name = meta::name(&o),
+                        namespace = meta::namespace(&o),
+                        "garbage-collected a dependent whose owner is gone"
+                    );
                 }
                 Err(e) => tracing::debug!(error = %e, "garbage collection of a dependent failed"),
             }
@@ -101,7 +111,8 @@ impl Reconciler for NamespaceReconciler {
     fn reconcile<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, api::Result<Action>> {
         Box::pin(async move {
             let res = self.resource();
-            let Some(ns) = crate::runtime::ignore_not_found(self.store.get(res, "", &key.name))? else {
+            let Some(ns) = crate::runtime::ignore_not_found(self.store.get(res, "", &key.name))?
+            else {
                 return Ok(Action::AwaitChange);
             };
             if !meta::is_deleting(&ns) {
@@ -125,7 +136,12 @@ impl Reconciler for NamespaceReconciler {
                 for o in self.store.list(r, Some(&key.name), &all, &none)?.items {
                     remaining += 1;
                     if !meta::is_deleting(&o) {
-                        let _ = self.store.delete(r, &key.name, meta::name(&o), &Preconditions::default());
+                        let _ = self.store.delete(
+                            r,
+                            &key.name,
+                            meta::name(&o),
+                            &Preconditions::default(),
+                        );
                     }
                 }
             }

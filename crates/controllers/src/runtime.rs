@@ -21,7 +21,10 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(namespace: &str, name: &str) -> Self {
-        ObjectKey { namespace: namespace.into(), name: name.into() }
+        ObjectKey {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
     }
     pub fn of(obj: &Value) -> Self {
         ObjectKey::new(meta::namespace(obj), meta::name(obj))
@@ -107,7 +110,10 @@ pub struct WorkQueue {
 
 impl Default for WorkQueue {
     fn default() -> Self {
-        WorkQueue { state: Arc::new(Mutex::new(QueueState::default())), notify: Arc::new(Notify::new()) }
+        WorkQueue {
+            state: Arc::new(Mutex::new(QueueState::default())),
+            notify: Arc::new(Notify::new()),
+        }
     }
 }
 
@@ -175,7 +181,10 @@ pub struct Runtime {
 
 impl Runtime {
     pub fn new(store: Arc<dyn Store>) -> Self {
-        Runtime { store, reconcilers: Vec::new() }
+        Runtime {
+            store,
+            reconcilers: Vec::new(),
+        }
     }
 
     pub fn register(&mut self, r: Arc<dyn Reconciler>) -> &mut Self {
@@ -187,7 +196,12 @@ impl Runtime {
     pub fn start(self) {
         for r in self.reconcilers {
             let q = WorkQueue::default();
-            spawn_feed(self.store.clone(), r.resource(), q.clone(), Arc::new(|o: &Value| vec![ObjectKey::of(o)]));
+            spawn_feed(
+                self.store.clone(),
+                r.resource(),
+                q.clone(),
+                Arc::new(|o: &Value| vec![ObjectKey::of(o)]),
+            );
             for (res, mapper) in r.watches() {
                 spawn_feed(self.store.clone(), res, q.clone(), mapper);
             }

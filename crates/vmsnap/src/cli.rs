@@ -5,7 +5,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 #[derive(Parser)]
-#[command(name = "vmsnap", version, about = "VMs with consistent snapshots, fast restores and cheap clones")]
+#[command(
+    name = "vmsnap",
+    version,
+    about = "VMs with consistent snapshots, fast restores and cheap clones"
+)]
 pub struct Cli {
     /// Namespace for client verbs (default: the kubeconfig's, else "default").
     #[arg(short = 'n', long, global = true)]
@@ -25,6 +29,9 @@ pub enum Cmd {
         /// Accelerator for VMs: kvm, tcg or auto (probe KVM, fall back to TCG).
         #[arg(long, default_value = "auto")]
         accel: String,
+        /// How many watch events the store keeps for watches that resume from a revision.
+        #[arg(long, default_value_t = 100_000, hide = true)]
+        retain_events: usize,
     },
     /// Print the kubeconfig that kubectl can use as is.
     Kubeconfig {
@@ -80,22 +87,42 @@ pub enum Cmd {
 pub fn run(cli: Cli) -> api::Result<()> {
     let ns = cli.namespace.clone();
     match cli.cmd {
-        Cmd::Serve { data_dir, listen, accel } => {
-            crate::serve::run(data_dir.unwrap_or_else(client::default_data_dir), listen, &accel)
-        }
+        Cmd::Serve {
+            data_dir,
+            listen,
+            accel,
+            retain_events,
+        } => crate::serve::run(
+            data_dir.unwrap_or_else(client::default_data_dir),
+            listen,
+            &accel,
+            store::StoreOptions {
+                retain_events,
+                ..Default::default()
+            },
+        ),
         Cmd::Kubeconfig { data_dir } => {
             let path = match data_dir {
                 Some(d) => d.join("kubeconfig"),
                 None => client::kubeconfig_path(),
             };
             let text = std::fs::read_to_string(&path).map_err(|e| {
-                api::Error::not_found(format!("{}: {e} (start the server with `vmsnap serve` first)", path.display()))
+                api::Error::not_found(format!(
+                    "{}: {e} (start the server with `vmsnap serve` first)",
+                    path.display()
+                ))
             })?;
             print!("{text}");
             Ok(())
         }
         Cmd::Apply { files } => crate::kubectl::apply(&client(ns.as_deref())?, &files),
-        Cmd::Get { resource, name, output, all_namespaces, selector } => crate::kubectl::get(
+        Cmd::Get {
+            resource,
+            name,
+            output,
+            all_namespaces,
+            selector,
+        } => crate::kubectl::get(
             &client(ns.as_deref())?,
             &resource,
             name.as_deref(),
@@ -103,13 +130,27 @@ pub fn run(cli: Cli) -> api::Result<()> {
             all_namespaces,
             selector.as_deref(),
         ),
-        Cmd::Describe { resource, name } => crate::kubectl::describe(&client(ns.as_deref())?, &resource, &name),
-        Cmd::Delete { resource, name, files, no_wait } => {
-            crate::kubectl::delete(&client(ns.as_deref())?, resource.as_deref(), name.as_deref(), &files, !no_wait)
+        Cmd::Describe { resource, name } => {
+            crate::kubectl::describe(&client(ns.as_deref())?, &resource, &name)
         }
-        Cmd::Wait { resource, name, for_, timeout } => {
-            crate::kubectl::wait(&client(ns.as_deref())?, &resource, &name, &for_, &timeout)
-        }
+        Cmd::Delete {
+            resource,
+            name,
+            files,
+            no_wait,
+        } => crate::kubectl::delete(
+            &client(ns.as_deref())?,
+            resource.as_deref(),
+            name.as_deref(),
+            &files,
+            !no_wait,
+        ),
+        Cmd::Wait {
+            resource,
+            name,
+            for_,
+            timeout,
+        } => crate::kubectl::wait(&client(ns.as_deref())?, &resource, &name, &for_, &timeout),
         Cmd::Bench { what, dir } => crate::serve::bench(&what, dir),
     }
 }

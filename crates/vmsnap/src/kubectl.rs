@@ -10,7 +10,9 @@ const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 fn resource(name: &str) -> Result<&'static Resource> {
     registry::lookup(name).ok_or_else(|| {
-        Error::not_found(format!("the server doesn't have a resource type \"{name}\""))
+        Error::not_found(format!(
+            "the server doesn't have a resource type \"{name}\""
+        ))
     })
 }
 
@@ -20,12 +22,14 @@ pub fn read_manifests(files: &[String]) -> Result<Vec<Value>> {
     for f in files {
         let text = if f == "-" {
             let mut s = String::new();
-            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map_err(|e| Error::bad_request(e.to_string()))?;
+            std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)
+                .map_err(|e| Error::bad_request(e.to_string()))?;
             s
         } else {
             std::fs::read_to_string(f).map_err(|e| Error::not_found(format!("{f}: {e}")))?
         };
-        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).map_err(|e| Error::bad_request(format!("error parsing {f}: {e}")))?;
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+            .map_err(|e| Error::bad_request(format!("error parsing {f}: {e}")))?;
         for d in docs.into_iter().filter(|d| !d.is_null()) {
             if d["kind"].as_str().is_some_and(|k| k.ends_with("List")) && d["items"].is_array() {
                 out.extend(d["items"].as_array().cloned().unwrap_or_default());
@@ -38,9 +42,14 @@ pub fn read_manifests(files: &[String]) -> Result<Vec<Value>> {
 }
 
 fn res_of(obj: &Value) -> Result<&'static Resource> {
-    let (av, kind) = (obj["apiVersion"].as_str().unwrap_or(""), obj["kind"].as_str().unwrap_or(""));
+    let (av, kind) = (
+        obj["apiVersion"].as_str().unwrap_or(""),
+        obj["kind"].as_str().unwrap_or(""),
+    );
     registry::by_kind(av, kind).ok_or_else(|| {
-        Error::not_found(format!("no matches for kind \"{kind}\" in version \"{av}\""))
+        Error::not_found(format!(
+            "no matches for kind \"{kind}\" in version \"{av}\""
+        ))
     })
 }
 
@@ -124,7 +133,12 @@ pub fn apply(c: &Client, files: &[String]) -> Result<()> {
         match result {
             Ok(verb) => println!("{} {verb}", display_name(res, &name)),
             Err(e) => {
-                eprintln!("Error from server ({}): error when applying {}: {}", e.kind.reason(), display_name(res, &name), e.message);
+                eprintln!(
+                    "Error from server ({}): error when applying {}: {}",
+                    e.kind.reason(),
+                    display_name(res, &name),
+                    e.message
+                );
                 failed = Some(e);
             }
         }
@@ -155,7 +169,10 @@ fn cell_text(v: &Value) -> String {
 
 /// Prints a server Table the way kubectl does: upper-case headers, padded columns.
 pub fn print_table(t: &Value, wide: bool, with_namespace: bool) {
-    let cols = t["columnDefinitions"].as_array().cloned().unwrap_or_default();
+    let cols = t["columnDefinitions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     let keep: Vec<usize> = cols
         .iter()
         .enumerate()
@@ -163,16 +180,28 @@ pub fn print_table(t: &Value, wide: bool, with_namespace: bool) {
         .map(|(i, _)| i)
         .collect();
     let mut rows: Vec<Vec<String>> = Vec::new();
-    let mut header: Vec<String> = keep.iter().map(|&i| cols[i]["name"].as_str().unwrap_or("").to_uppercase()).collect();
+    let mut header: Vec<String> = keep
+        .iter()
+        .map(|&i| cols[i]["name"].as_str().unwrap_or("").to_uppercase())
+        .collect();
     if with_namespace {
         header.insert(0, "NAMESPACE".into());
     }
     rows.push(header);
     for r in t["rows"].as_array().cloned().unwrap_or_default() {
         let cells = r["cells"].as_array().cloned().unwrap_or_default();
-        let mut row: Vec<String> = keep.iter().map(|&i| cells.get(i).map(cell_text).unwrap_or_default()).collect();
+        let mut row: Vec<String> = keep
+            .iter()
+            .map(|&i| cells.get(i).map(cell_text).unwrap_or_default())
+            .collect();
         if with_namespace {
-            row.insert(0, r["object"]["metadata"]["namespace"].as_str().unwrap_or("").to_string());
+            row.insert(
+                0,
+                r["object"]["metadata"]["namespace"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string(),
+            );
         }
         rows.push(row);
     }
@@ -180,16 +209,33 @@ pub fn print_table(t: &Value, wide: bool, with_namespace: bool) {
         eprintln!("No resources found");
         return;
     }
-    let widths: Vec<usize> = (0..rows[0].len()).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     for r in rows {
-        let line: Vec<String> = r.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let line: Vec<String> = r
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         println!("{}", line.join("   ").trim_end());
     }
 }
 
-pub fn get(c: &Client, resource_arg: &str, name: Option<&str>, output: Option<&str>, all: bool, selector: Option<&str>) -> Result<()> {
+pub fn get(
+    c: &Client,
+    resource_arg: &str,
+    name: Option<&str>,
+    output: Option<&str>,
+    all: bool,
+    selector: Option<&str>,
+) -> Result<()> {
     let res = resource(resource_arg)?;
-    let ns = if all && name.is_none() { None } else { Some(c.namespace.as_str()) };
+    let ns = if all && name.is_none() {
+        None
+    } else {
+        Some(c.namespace.as_str())
+    };
     match output {
         Some("yaml") | Some("json") => {
             let v = match name {
@@ -222,7 +268,9 @@ pub fn get(c: &Client, resource_arg: &str, name: Option<&str>, output: Option<&s
             print_table(&t, output == Some("wide"), all && res.namespaced);
             Ok(())
         }
-        Some(other) => Err(Error::bad_request(format!("unsupported output format {other:?} (use yaml, json, name or wide)"))),
+        Some(other) => Err(Error::bad_request(format!(
+            "unsupported output format {other:?} (use yaml, json, name or wide)"
+        ))),
     }
 }
 
@@ -242,15 +290,32 @@ pub fn describe(c: &Client, resource_arg: &str, name: &str) -> Result<()> {
     }
     print_yaml(&body)?;
     let evres = registry::by_plural("", "events").expect("events registered");
-    let fs = format!("involvedObject.name={},involvedObject.uid={}", name, meta::uid(&obj));
-    let path = format!("{}?fieldSelector={}", Client::path(evres, Some(meta::namespace(&obj)).filter(|n| !n.is_empty()).or(Some("default")), None), client::encode(&fs));
+    let fs = format!(
+        "involvedObject.name={},involvedObject.uid={}",
+        name,
+        meta::uid(&obj)
+    );
+    let path = format!(
+        "{}?fieldSelector={}",
+        Client::path(
+            evres,
+            Some(meta::namespace(&obj))
+                .filter(|n| !n.is_empty())
+                .or(Some("default")),
+            None
+        ),
+        client::encode(&fs)
+    );
     let evs = c.request("GET", &path, None)?;
     println!("Events:");
     let items = evs["items"].as_array().cloned().unwrap_or_default();
     if items.is_empty() {
         println!("  <none>");
     } else {
-        println!("  {:<8} {:<22} {:<8} {:<12} Message", "Type", "Reason", "Age", "From");
+        println!(
+            "  {:<8} {:<22} {:<8} {:<12} Message",
+            "Type", "Reason", "Age", "From"
+        );
         for e in items {
             println!(
                 "  {:<8} {:<22} {:<8} {:<12} {}",
@@ -272,14 +337,26 @@ fn wait_gone(c: &Client, res: &Resource, ns: &str, name: &str, timeout: Duration
             Err(e) if e.is(ErrorKind::NotFound) => return Ok(()),
             Err(e) => return Err(e),
             Ok(_) if start.elapsed() > timeout => {
-                return Err(Error::new(ErrorKind::Timeout, format!("timed out waiting for {} to be deleted", display_name(res, name))))
+                return Err(Error::new(
+                    ErrorKind::Timeout,
+                    format!(
+                        "timed out waiting for {} to be deleted",
+                        display_name(res, name)
+                    ),
+                ))
             }
             Ok(_) => std::thread::sleep(Duration::from_millis(100)),
         }
     }
 }
 
-pub fn delete(c: &Client, resource_arg: Option<&str>, name: Option<&str>, files: &[String], wait: bool) -> Result<()> {
+pub fn delete(
+    c: &Client,
+    resource_arg: Option<&str>,
+    name: Option<&str>,
+    files: &[String],
+    wait: bool,
+) -> Result<()> {
     let mut targets: Vec<(&'static Resource, String, String)> = Vec::new();
     if !files.is_empty() {
         for o in read_manifests(files)? {
@@ -292,7 +369,9 @@ pub fn delete(c: &Client, resource_arg: Option<&str>, name: Option<&str>, files:
         }
     } else {
         let (Some(r), Some(n)) = (resource_arg, name) else {
-            return Err(Error::bad_request("usage: vmsnap delete RESOURCE NAME, or -f FILE"));
+            return Err(Error::bad_request(
+                "usage: vmsnap delete RESOURCE NAME, or -f FILE",
+            ));
         };
         targets.push((resource(r)?, c.namespace.clone(), n.to_string()));
     }
@@ -322,7 +401,9 @@ pub fn parse_timeout(s: &str) -> Result<Duration> {
         if ch == 'm' && chars.peek() == Some(&'s') {
             unit.push(chars.next().unwrap_or('s'));
         }
-        let n: f64 = num.parse().map_err(|_| Error::bad_request(format!("invalid duration {s:?}")))?;
+        let n: f64 = num
+            .parse()
+            .map_err(|_| Error::bad_request(format!("invalid duration {s:?}")))?;
         num.clear();
         total += n * match unit.as_str() {
             "ms" => 0.001,
@@ -333,7 +414,9 @@ pub fn parse_timeout(s: &str) -> Result<Duration> {
         };
     }
     if !num.is_empty() {
-        total += num.parse::<f64>().map_err(|_| Error::bad_request(format!("invalid duration {s:?}")))?;
+        total += num
+            .parse::<f64>()
+            .map_err(|_| Error::bad_request(format!("invalid duration {s:?}")))?;
     }
     Ok(Duration::from_secs_f64(total))
 }
@@ -355,7 +438,9 @@ pub fn wait(c: &Client, resource_arg: &str, name: &str, for_: &str, timeout: &st
         Some((t, v)) => (t.to_string(), v.eq_ignore_ascii_case("true")),
         None => (cond.to_string(), true),
     };
-    wait_for(c, res, &ns, name, timeout, |o| api::condition(o, &ty) == Some(want) && observed_current(o, &ty))?;
+    wait_for(c, res, &ns, name, timeout, |o| {
+        api::condition(o, &ty) == Some(want) && observed_current(o, &ty)
+    })?;
     println!("{} condition met", display_name(res, name));
     Ok(())
 }
@@ -364,13 +449,26 @@ fn observed_current(o: &Value, ty: &str) -> bool {
     let generation = meta::generation(o);
     let observed = o["status"]["conditions"]
         .as_array()
-        .and_then(|cs| cs.iter().find(|c| c["type"].as_str().is_some_and(|t| t.eq_ignore_ascii_case(ty))))
+        .and_then(|cs| {
+            cs.iter().find(|c| {
+                c["type"]
+                    .as_str()
+                    .is_some_and(|t| t.eq_ignore_ascii_case(ty))
+            })
+        })
         .and_then(|c| c["observedGeneration"].as_i64());
     observed.is_none_or(|g| g >= generation)
 }
 
 /// Waits until `done` holds for the object, following a watch rather than polling.
-pub fn wait_for(c: &Client, res: &Resource, ns: &str, name: &str, timeout: Duration, done: impl Fn(&Value) -> bool) -> Result<Value> {
+pub fn wait_for(
+    c: &Client,
+    res: &Resource,
+    ns: &str,
+    name: &str,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Result<Value> {
     let start = Instant::now();
     loop {
         let cur = c.get(res, ns, name)?;
@@ -379,17 +477,30 @@ pub fn wait_for(c: &Client, res: &Resource, ns: &str, name: &str, timeout: Durat
         }
         let left = timeout.saturating_sub(start.elapsed());
         if left.is_zero() {
-            return Err(Error::new(ErrorKind::Timeout, format!("timed out waiting for the condition on {}", display_name(res, name))));
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "timed out waiting for the condition on {}",
+                    display_name(res, name)
+                ),
+            ));
         }
         let mut found = None;
         let rv = meta::resource_version(&cur).to_string();
-        let r = c.watch(res, Some(ns), Some(&format!("metadata.name={name}")), &rv, left.as_secs().max(1), |ev| {
-            if done(&ev["object"]) {
-                found = Some(ev["object"].clone());
-                return false;
-            }
-            true
-        });
+        let r = c.watch(
+            res,
+            Some(ns),
+            Some(&format!("metadata.name={name}")),
+            &rv,
+            left.as_secs().max(1),
+            |ev| {
+                if done(&ev["object"]) {
+                    found = Some(ev["object"].clone());
+                    return false;
+                }
+                true
+            },
+        );
         if let Some(v) = found {
             return Ok(v);
         }

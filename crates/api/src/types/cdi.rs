@@ -1,7 +1,9 @@
 //! `cdi.kubevirt.io/v1beta1`: DataVolume and StorageProfile.
 
 use super::check;
-use super::common::{Empty, LabelSelector, ObjectMeta, TypedLocalObjectReference, TypedObjectReference};
+use super::common::{
+    Empty, LabelSelector, ObjectMeta, TypedLocalObjectReference, TypedObjectReference,
+};
 use super::core::{validate_claim_parts, PersistentVolumeClaimSpec, VolumeResourceRequirements};
 use super::Kind;
 use crate::error::Cause;
@@ -209,7 +211,10 @@ impl DataVolumeSpec {
                         if kinds.is_empty() {
                             "exactly one source type must be set (blank, pvc, snapshot, http, upload, registry...)".to_string()
                         } else {
-                            format!("exactly one source type must be set, found {}", kinds.join(", "))
+                            format!(
+                                "exactly one source type must be set, found {}",
+                                kinds.join(", ")
+                            )
                         },
                     );
                 }

@@ -97,7 +97,9 @@ pub fn validate_mac(mac: &str) -> Option<String> {
         .filter_map(|o| u8::from_str_radix(o, 16).ok())
         .collect();
     if bytes.iter().all(|b| *b == 0) {
-        return Some(format!("'{mac}' is not a valid MAC address: it is all zeros"));
+        return Some(format!(
+            "'{mac}' is not a valid MAC address: it is all zeros"
+        ));
     }
     if bytes[0] & 1 == 1 {
         return Some(format!(

@@ -42,7 +42,11 @@ pub struct VirtualMachineCloneSpec {
     /// Interface name to the MAC address the clone's interface gets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub new_mac_addresses: Option<BTreeMap<String, String>>,
-    #[serde(default, rename = "newSMBiosSerial", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "newSMBiosSerial",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub new_smbios_serial: Option<String>,
     /// JSON patch operations, one per string, applied to the target.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -127,7 +131,10 @@ impl Kind for VirtualMachineClone {
                     check::invalid(
                         causes,
                         "spec.target.name",
-                        format!("target name {:?} cannot be equal to the source name", t.name),
+                        format!(
+                            "target name {:?} cannot be equal to the source name",
+                            t.name
+                        ),
                     );
                 }
             }

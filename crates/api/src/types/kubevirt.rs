@@ -474,7 +474,11 @@ pub struct Volume {
     pub config_map: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret: Option<Value>,
-    #[serde(default, rename = "downwardAPI", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "downwardAPI",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub downward_api: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<Value>,
@@ -490,11 +494,17 @@ impl Volume {
     /// The names of the volume source members that are set.
     pub fn source_kinds(&self) -> Vec<&'static str> {
         let set = [
-            ("persistentVolumeClaim", self.persistent_volume_claim.is_some()),
+            (
+                "persistentVolumeClaim",
+                self.persistent_volume_claim.is_some(),
+            ),
             ("dataVolume", self.data_volume.is_some()),
             ("containerDisk", self.container_disk.is_some()),
             ("cloudInitNoCloud", self.cloud_init_no_cloud.is_some()),
-            ("cloudInitConfigDrive", self.cloud_init_config_drive.is_some()),
+            (
+                "cloudInitConfigDrive",
+                self.cloud_init_config_drive.is_some(),
+            ),
             ("emptyDisk", self.empty_disk.is_some()),
             ("ephemeral", self.ephemeral.is_some()),
             ("hostDisk", self.host_disk.is_some()),
@@ -965,9 +975,17 @@ pub struct KubeVirtConfiguration {
     pub permitted_host_devices: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mediated_devices_configuration: Option<Value>,
-    #[serde(default, rename = "minCPUModel", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "minCPUModel",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub min_cpu_model: Option<Value>,
-    #[serde(default, rename = "obsoleteCPUModels", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "obsoleteCPUModels",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub obsolete_cpu_models: Option<Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub virtual_machine_instances_per_node: Option<Value>,

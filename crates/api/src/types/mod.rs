@@ -7,6 +7,9 @@
 //! Subtrees vmsnap does not act on (affinity, probes, clock, features...) are kept as
 //! `serde_json::Value`, which preserves their content verbatim.
 
+// These functions return the crate's one `Error`; its size is decided in `error.rs`.
+#![allow(clippy::result_large_err)]
+
 pub mod cdi;
 pub mod clone;
 pub mod common;
@@ -68,7 +71,9 @@ pub fn normalize(kind: &str, object: Value) -> Result<Normalized> {
         "VirtualMachineSnapshotContent" => run::<snapshot::VirtualMachineSnapshotContent>(object),
         "VirtualMachineRestore" => run::<snapshot::VirtualMachineRestore>(object),
         "VirtualMachineClone" => run::<clone::VirtualMachineClone>(object),
-        other => Err(Error::internal(format!("no type is defined for kind {other:?}"))),
+        other => Err(Error::internal(format!(
+            "no type is defined for kind {other:?}"
+        ))),
     }
 }
 

@@ -14,8 +14,12 @@ use std::time::Duration;
 
 pub const DELETION_POLICIES: &[&str] = &["Delete", "Retain"];
 pub const SNAPSHOT_MODES: &[&str] = &["Direct", "External"];
-pub const TARGET_READINESS_POLICIES: &[&str] =
-    &["WaitGracePeriod", "StopTarget", "FailImmediate", "WaitEventually"];
+pub const TARGET_READINESS_POLICIES: &[&str] = &[
+    "WaitGracePeriod",
+    "StopTarget",
+    "FailImmediate",
+    "WaitEventually",
+];
 pub const VOLUME_RESTORE_POLICIES: &[&str] = &["RandomizeNames", "InPlace", "PrefixTargetName"];
 pub const VOLUME_OWNERSHIP_POLICIES: &[&str] = &["Vm", "None"];
 /// KubeVirt's `DefaultFailureDeadline`, in the form `metav1.Duration` encodes it.
@@ -112,7 +116,9 @@ impl Kind for VirtualMachineSnapshot {
                 check::invalid(
                     causes,
                     "spec.failureDeadline",
-                    format!("{d:?} is not a valid duration (expected e.g. \"5m\", \"1h30m\" or \"0s\")"),
+                    format!(
+                        "{d:?} is not a valid duration (expected e.g. \"5m\", \"1h30m\" or \"0s\")"
+                    ),
                 );
             }
         }
