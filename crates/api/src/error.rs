@@ -113,7 +113,8 @@ pub struct Subject {
 pub struct Error {
     pub kind: ErrorKind,
     pub message: String,
-    pub subject: Option<Subject>,
+    /// Boxed: it is rare, and keeping `Error` small keeps every `Result` cheap to move.
+    pub subject: Option<Box<Subject>>,
     pub causes: Vec<Cause>,
 }
 
@@ -168,20 +169,20 @@ impl Error {
         Error {
             kind: ErrorKind::Invalid,
             message: format!("{kind} \"{name}\" is invalid: {detail}"),
-            subject: Some(Subject {
+            subject: Some(Box::new(Subject {
                 group: String::new(),
                 kind: kind.into(),
                 name: name.into(),
-            }),
+            })),
             causes,
         }
     }
     pub fn with_subject(mut self, group: &str, kind: &str, name: &str) -> Self {
-        self.subject = Some(Subject {
+        self.subject = Some(Box::new(Subject {
             group: group.into(),
             kind: kind.into(),
             name: name.into(),
-        });
+        }));
         self
     }
     pub fn is(&self, kind: ErrorKind) -> bool {

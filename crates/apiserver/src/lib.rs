@@ -2,6 +2,7 @@
 //! requests into store operations and renders results and errors (as `Status`) back.
 
 pub mod discovery;
+pub mod ext;
 pub mod pki;
 mod routes;
 pub mod table;
@@ -59,6 +60,8 @@ pub struct Config {
     pub extra: Option<Router>,
     /// Routes served without authentication (the console's static assets).
     pub public: Option<Router>,
+    pub vm_actions: Option<Arc<dyn ext::VmActions>>,
+    pub uploads: Option<Arc<dyn ext::Uploads>>,
 }
 
 pub(crate) struct State {
@@ -66,6 +69,8 @@ pub(crate) struct State {
     pub token: String,
     pub hooks: Vec<Arc<dyn AdmissionHook>>,
     pub metrics: Option<MetricsFn>,
+    pub vm_actions: Option<Arc<dyn ext::VmActions>>,
+    pub uploads: Option<Arc<dyn ext::Uploads>>,
 }
 
 /// Prepares the PKI and kubeconfig, binds, and returns a future that serves forever.
@@ -92,6 +97,8 @@ pub async fn serve(cfg: Config) -> api::Result<()> {
         token: pki.token.clone(),
         hooks: cfg.hooks,
         metrics: cfg.metrics,
+        vm_actions: cfg.vm_actions,
+        uploads: cfg.uploads,
     });
     let app = routes::router(state, cfg.extra, cfg.public);
     tracing::info!(address = %local, "serving the vmsnap API");

@@ -220,6 +220,16 @@ async fn handle(state: Arc<State>, req: Request) -> Response {
         (Method::GET, p) if is_discovery(p) => {
             discovery_doc(p).ok_or_else(|| not_found_path(&path))
         }
+        (_, p) if p.starts_with("/apis/subresources.kubevirt.io/") => {
+            let body = match read_body(req.into_body()).await {
+                Ok(b) => b,
+                Err(e) => return error_response(&e),
+            };
+            vm_action(&state, &method, p, &body).await
+        }
+        (Method::POST | Method::PUT, p) if p.starts_with("/apis/upload.cdi.kubevirt.io/") => {
+            upload(&state, p, req).await
+        }
         _ => {
             let body = match read_body(req.into_body()).await {
                 Ok(b) => b,
@@ -259,6 +269,52 @@ async fn read_body(body: axum::body::Body) -> Result<bytes::Bytes, Error> {
         ));
     }
     Ok(buf.freeze())
+}
+
+/// `/apis/subresources.kubevirt.io/v1/namespaces/{ns}/{resource}/{name}/{action}`
+async fn vm_action(state: &State, method: &Method, path: &str, body: &[u8]) -> Result<Response, Error> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ["apis", "subresources.kubevirt.io", "v1", "namespaces", ns, resource, name, action] = segs.as_slice() else {
+        return Err(not_found_path(path));
+    };
+    if !matches!(*resource, "virtualmachines" | "virtualmachineinstances") || meta::validate_subdomain(name).is_some() {
+        return Err(not_found_path(path));
+    }
+    let Some(vm) = state.vm_actions.as_ref() else {
+        return Err(Error::new(ErrorKind::Unsupported, "this server runs no VMs"));
+    };
+    if *method == Method::GET {
+        let stream = vm.stream(resource, ns, name, action).await?;
+        return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/octet-stream")], axum::body::Body::from_stream(stream))
+            .into_response());
+    }
+    let opts = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { decode_body("application/json", body)? };
+    let out = vm.action(resource, ns, name, action, opts).await?;
+    Ok(json_response(StatusCode::OK, &out))
+}
+
+/// `/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/{ns}/datavolumes/{name}/upload`: the body
+/// streams straight into the volume, so the usual body limit does not apply here.
+async fn upload(state: &State, path: &str, req: Request) -> Result<Response, Error> {
+    use futures::StreamExt;
+    let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let ["apis", "upload.cdi.kubevirt.io", "v1beta1", "namespaces", ns, "datavolumes", name, "upload"] = segs.as_slice() else {
+        return Err(not_found_path(path));
+    };
+    if meta::validate_subdomain(name).is_some() {
+        return Err(not_found_path(path));
+    }
+    let Some(up) = state.uploads.as_ref() else {
+        return Err(Error::new(ErrorKind::Unsupported, "this server takes no uploads"));
+    };
+    let len = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let stream = req
+        .into_body()
+        .into_data_stream()
+        .map(|r| r.map_err(|e| std::io::Error::other(e.to_string())))
+        .boxed();
+    let out = up.upload(ns, name, len, stream).await?;
+    Ok(json_response(StatusCode::OK, &out))
 }
 
 fn is_discovery(p: &str) -> bool {

@@ -1,9 +1,13 @@
 //! Reconcilers and the small runtime that drives them.
 
 pub mod bootstrap;
+pub mod context;
 pub mod events;
 pub mod gc;
 pub mod kubevirt;
 pub mod runtime;
+pub mod storage;
+pub mod vm;
 
+pub use context::Context;
 pub use runtime::{Action, Mapper, ObjectKey, Reconciler, Runtime};

@@ -202,7 +202,8 @@ impl BtrfsDriver {
     fn destroy(&self, p: &Path) -> Result<()> {
         let (parent, name) = split(p);
         let d = open_dir(&parent)?;
-        ioctl::snap_destroy(d.as_raw_fd(), &name).ctx(|| format!("delete subvolume {}", p.display()))
+        ioctl::snap_destroy(d.as_raw_fd(), &name)
+            .ctx(|| format!("delete subvolume {}", p.display()))
     }
 
     /// Snapshots subvolume `src` to the new path `dst`.

@@ -20,25 +20,25 @@ pub enum ErrorKind {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// Not found: {0}
-    #[error("not found: {0}")]
+    #[error("Not found: {0}")]
     NotFound(String),
     /// Already exists: {0}
-    #[error("already exists: {0}")]
+    #[error("Already exists: {0}")]
     AlreadyExists(String),
     /// Conflict: {0}
-    #[error("conflict: {0}")]
+    #[error("Conflict: {0}")]
     Conflict(String),
     /// Invalid request: {0}
-    #[error("invalid: {0}")]
+    #[error("Invalid: {0}")]
     Invalid(String),
     /// The request needs something else to happen first.
-    #[error("failed precondition: {0}")]
+    #[error("Failed precondition: {0}")]
     FailedPrecondition(String),
     /// The driver cannot do this.
-    #[error("unsupported by the {driver} driver: {what}")]
+    #[error("The {driver} driver does not support {what}")]
     Unsupported { driver: &'static str, what: String },
     /// Not enough free space in the pool.
-    #[error("not enough space: {what} needs {needed} bytes, the pool has {available} bytes free after its reserve of {reserve} bytes")]
+    #[error("Not enough space: {what} needs {needed} bytes, the pool has {available} bytes free after its reserve of {reserve} bytes")]
     NoSpace {
         what: String,
         needed: u64,
@@ -46,7 +46,7 @@ pub enum Error {
         reserve: u64,
     },
     /// An I/O call failed.
-    #[error("{context}")]
+    #[error("Cannot {context}")]
     Io {
         context: String,
         #[source]

@@ -167,6 +167,8 @@ pub(crate) fn is_reflink_unsupported(e: &Error) -> bool {
     }
 }
 
+// f_type's width differs between architectures.
+#[allow(clippy::unnecessary_cast)]
 pub(crate) fn is_btrfs(path: &Path) -> bool {
     rustix::fs::statfs(path)
         .map(|s| s.f_type as i64 == BTRFS_SUPER_MAGIC)
@@ -428,7 +430,10 @@ pub(crate) fn grow(path: &Path, size: u64) -> Result<()> {
         .write(true)
         .open(path)
         .ctx(|| format!("open {}", path.display()))?;
-    let cur = f.metadata().ctx(|| format!("stat {}", path.display()))?.len();
+    let cur = f
+        .metadata()
+        .ctx(|| format!("stat {}", path.display()))?
+        .len();
     if size > cur {
         f.set_len(size)
             .ctx(|| format!("grow {} to {size}", path.display()))?;

@@ -16,7 +16,9 @@ fn validate(kind: &str, s: &str) -> Result<()> {
         .chars()
         .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '.'))
     {
-        return bad(&format!("contains {c:?}: only a-z, 0-9, '-' and '.' are allowed"));
+        return bad(&format!(
+            "contains {c:?}: only a-z, 0-9, '-' and '.' are allowed"
+        ));
     }
     // Starting and ending with an alphanumeric rules out ".", "..", hidden names and the
     // ".tmp-" prefix that the drivers reserve for half-done operations.
@@ -117,8 +119,20 @@ mod tests {
     #[test]
     fn rejects_paths_and_junk() {
         for bad in [
-            "", "..", ".", "a/b", "/abs", "A", "a..b", ".tmp-x", "-a", "a-", "a b", "a\0",
-            "ü", &"a".repeat(254),
+            "",
+            "..",
+            ".",
+            "a/b",
+            "/abs",
+            "A",
+            "a..b",
+            ".tmp-x",
+            "-a",
+            "a-",
+            "a b",
+            "a\0",
+            "ü",
+            &"a".repeat(254),
         ] {
             let e = SnapName::new(bad).unwrap_err();
             assert_eq!(e.kind(), crate::ErrorKind::Invalid, "{bad:?}");

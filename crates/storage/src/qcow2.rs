@@ -155,11 +155,7 @@ fn arg(p: &Path) -> &str {
 }
 
 /// Runs `qemu-img convert -p`, turning its percentage output into byte progress.
-fn convert_with_progress(
-    args: &[&str],
-    total: u64,
-    progress: &dyn Progress,
-) -> Result<()> {
+fn convert_with_progress(args: &[&str], total: u64, progress: &dyn Progress) -> Result<()> {
     let mut child = Command::new("qemu-img")
         .args(args)
         .stdin(Stdio::null())

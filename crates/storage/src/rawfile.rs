@@ -226,7 +226,10 @@ impl RawPool {
     pub fn restore_volume(&self, mode: CopyMode, v: &VolName, s: &SnapName) -> Result<()> {
         let dst = self.require_vol(v)?;
         let src = self.require_snap(v, s)?;
-        self.ensure_space(&format!("restore of {v}@{s}"), self.bytes_needed(mode, &src)?)?;
+        self.ensure_space(
+            &format!("restore of {v}@{s}"),
+            self.bytes_needed(mode, &src)?,
+        )?;
         let tmp = self.vols.join(tmp_name("restore", v.as_str()));
         fsutil::remove_file_if_exists(&tmp)?;
         self.copy(mode, &src, &tmp, &crate::NoProgress)?;
@@ -242,6 +245,7 @@ impl RawPool {
     }
 
     /// Builds a new volume from `src` under a temp name and renames it into place.
+    #[allow(clippy::too_many_arguments)]
     fn make_from(
         &self,
         mode: CopyMode,

@@ -37,7 +37,10 @@ fn make_sparse(path: &Path, size: u64, chunks: u64, chunk: u64) {
 fn same_content(a: &Path, b: &Path, size: u64, chunks: u64, chunk: u64) {
     let (fa, fb) = (File::open(a).expect("open"), File::open(b).expect("open"));
     let stride = size / chunks;
-    let (mut ba, mut bb) = (vec![0u8; (chunk + 8192) as usize], vec![0u8; (chunk + 8192) as usize]);
+    let (mut ba, mut bb) = (
+        vec![0u8; (chunk + 8192) as usize],
+        vec![0u8; (chunk + 8192) as usize],
+    );
     for i in 0..chunks {
         fa.read_exact_at(&mut ba, i * stride).expect("read");
         fb.read_exact_at(&mut bb, i * stride).expect("read");
@@ -46,9 +49,11 @@ fn same_content(a: &Path, b: &Path, size: u64, chunks: u64, chunk: u64) {
     // Probe some holes too.
     for off in [stride / 2, size - 4096, size / 3 + 12345] {
         let mut h = [1u8; 4096];
-        fb.read_exact_at(&mut h, off.min(size - 4096)).expect("read");
+        fb.read_exact_at(&mut h, off.min(size - 4096))
+            .expect("read");
         let mut o = [1u8; 4096];
-        fa.read_exact_at(&mut o, off.min(size - 4096)).expect("read");
+        fa.read_exact_at(&mut o, off.min(size - 4096))
+            .expect("read");
         assert_eq!(h, o);
     }
 }
@@ -62,7 +67,7 @@ fn sparse_copy_of_20g_with_300m_of_data_stays_sparse() {
     let (size, chunks, chunk) = (20 * GIB, 60, 5 * MIB);
     make_sparse(&src, size, chunks, chunk);
     let src_alloc = allocated_bytes(&src).expect("alloc");
-    assert!(src_alloc >= 300 * MIB && src_alloc < 310 * MIB, "{src_alloc}");
+    assert!((300 * MIB..310 * MIB).contains(&src_alloc), "{src_alloc}");
 
     let seen = Mutex::new(Vec::new());
     let progress = |done: u64, total: u64| seen.lock().expect("lock").push((done, total));
@@ -90,7 +95,10 @@ fn sparse_copy_of_20g_with_300m_of_data_stays_sparse() {
 
     let seen = seen.into_inner().expect("lock");
     assert!(seen.len() >= 3, "progress updates: {}", seen.len());
-    assert!(seen.windows(2).all(|w| w[0].0 <= w[1].0), "progress is monotonic");
+    assert!(
+        seen.windows(2).all(|w| w[0].0 <= w[1].0),
+        "progress is monotonic"
+    );
     assert_eq!(
         *seen.last().expect("progress"),
         (stats.data_bytes, stats.data_bytes)

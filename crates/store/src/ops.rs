@@ -61,7 +61,10 @@ fn metadata_mut(obj: &mut Value) -> Result<&mut Map<String, Value>> {
     if !obj.is_object() {
         return Err(Error::bad_request("the object must be a JSON object"));
     }
-    if obj.get("metadata").is_some_and(|m| !m.is_object() && !m.is_null()) {
+    if obj
+        .get("metadata")
+        .is_some_and(|m| !m.is_object() && !m.is_null())
+    {
         return Err(Error::bad_request("metadata must be an object"));
     }
     Ok(meta::ensure_object(obj, "metadata"))
@@ -107,7 +110,12 @@ fn random_suffix() -> String {
         .collect()
 }
 
-fn create(res: &'static Resource, mut obj: Value, lookup: &Lookup<'_>, rev: u64) -> Result<Outcome> {
+fn create(
+    res: &'static Resource,
+    mut obj: Value,
+    lookup: &Lookup<'_>,
+    rev: u64,
+) -> Result<Outcome> {
     let (namespace, mut name) = key_of(res, &mut obj)?;
     if name.is_empty() {
         let base = obj["metadata"]["generateName"]
@@ -193,7 +201,12 @@ fn content_changed(a: &Value, b: &Value) -> bool {
     strip(a) != strip(b)
 }
 
-fn update(res: &'static Resource, mut obj: Value, lookup: &Lookup<'_>, rev: u64) -> Result<Outcome> {
+fn update(
+    res: &'static Resource,
+    mut obj: Value,
+    lookup: &Lookup<'_>,
+    rev: u64,
+) -> Result<Outcome> {
     let (namespace, name) = key_of(res, &mut obj)?;
     if name.is_empty() {
         return Err(Error::invalid(
@@ -333,7 +346,8 @@ fn delete(
         let actual = meta::uid(&stored);
         if uid != actual {
             return Err(Error::conflict(format!(
-                "Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}"
+                "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {actual}",
+                qualified_name(res)
             ))
             .with_subject(res.group, res.plural, name));
         }
@@ -342,7 +356,8 @@ fn delete(
         let actual = meta::resource_version(&stored);
         if rv != actual {
             return Err(Error::conflict(format!(
-                "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {actual}"
+                "Operation cannot be fulfilled on {} \"{name}\": Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {actual}",
+                qualified_name(res)
             ))
             .with_subject(res.group, res.plural, name));
         }

@@ -148,6 +148,9 @@ pub(crate) struct Inner {
 }
 
 impl Inner {
+    pub(crate) fn revision(&self) -> u64 {
+        self.read().revision
+    }
     fn read(&self) -> RwLockReadGuard<'_, State> {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
@@ -233,9 +236,8 @@ impl SqliteStore {
     /// Opens (or creates) the store at `path`, loading every object into memory.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                Error::internal(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::internal(format!("cannot create {}: {e}", dir.display())))?;
         }
         let mut lock_path = path.as_os_str().to_owned();
         lock_path.push(".lock");
@@ -438,11 +440,7 @@ impl Store for SqliteStore {
                         .cloned(),
                 );
             } else {
-                backlog = Some(Backlog::new(
-                    self.inner.path.clone(),
-                    from_revision,
-                    head,
-                ));
+                backlog = Some(Backlog::new(self.inner.path.clone(), from_revision, head));
             }
         }
         st.subscribers.push(Subscriber {
@@ -451,7 +449,15 @@ impl Store for SqliteStore {
             overflow: overflow.clone(),
         });
         drop(st);
-        Ok(Watch::new(filter, from_revision, replay, backlog, rx, overflow))
+        Ok(Watch::new(
+            self.inner.clone(),
+            filter,
+            from_revision,
+            replay,
+            backlog,
+            rx,
+            overflow,
+        ))
     }
 
     fn revision(&self) -> u64 {
@@ -517,7 +523,11 @@ fn process_batch(inner: &Inner, conn: &mut Connection, batch: Vec<Request>) {
                         None => st.get(&key, ns, name),
                     }
                 };
-                ops::plan(op, &lookup, next)
+                // A bug in one write must not take the writer (and every later write) down.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    ops::plan(op, &lookup, next)
+                }))
+                .unwrap_or_else(|_| Err(Error::internal("the store failed to apply the write")))
             };
             let answer = match outcome {
                 Ok(Outcome::Unchanged(obj)) => Ok(obj),

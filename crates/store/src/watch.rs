@@ -1,7 +1,7 @@
 //! The consumer side of a watch: replay (from the in-memory event cache or the SQLite event
 //! log), then live events, with one ordering guarantee: revisions strictly increase.
 
-use crate::sqlite::{configure, read_meta};
+use crate::sqlite::{configure, read_meta, Inner};
 use crate::{too_old, EventType, WatchEvent};
 use api::{Error, Result};
 use rusqlite::{params, Connection};
@@ -72,8 +72,9 @@ pub(crate) fn read_events(
         let ty: String = r.get(1)?;
         let resource: String = r.get(2)?;
         let text: String = r.get(3)?;
-        let object: Value = serde_json::from_str(&text)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e)))?;
+        let object: Value = serde_json::from_str(&text).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(3, rusqlite::types::Type::Text, Box::new(e))
+        })?;
         let ty = EventType::parse(&ty).ok_or_else(|| {
             rusqlite::Error::FromSqlConversionFailure(
                 1,
@@ -146,6 +147,7 @@ impl Backlog {
 /// `Some(Err(..))` of kind Expired when the events it needs are gone (compacted during replay,
 /// or not consumed fast enough); the client then relists, as Kubernetes clients do on 410.
 pub struct Watch {
+    inner: Arc<Inner>,
     filter: Filter,
     last: u64,
     replay: VecDeque<Arc<WatchEvent>>,
@@ -157,6 +159,7 @@ pub struct Watch {
 
 impl Watch {
     pub(crate) fn new(
+        inner: Arc<Inner>,
         filter: Filter,
         from: u64,
         replay: VecDeque<Arc<WatchEvent>>,
@@ -165,6 +168,7 @@ impl Watch {
         overflow: Arc<AtomicBool>,
     ) -> Self {
         Watch {
+            inner,
             filter,
             last: from,
             replay,
@@ -178,6 +182,24 @@ impl Watch {
     /// The revision of the last event delivered (or the revision the watch started from).
     pub fn revision(&self) -> u64 {
         self.last
+    }
+
+    /// A revision this watch is caught up to: every event up to it that matches the watch has
+    /// been returned by [`Watch::next`]. `None` while events are still waiting to be taken.
+    /// This is what a `BOOKMARK` event may carry.
+    pub fn bookmark(&self) -> Option<u64> {
+        if self.finished
+            || !self.replay.is_empty()
+            || self.backlog.is_some()
+            || self.overflow.load(Ordering::Acquire)
+        {
+            return None;
+        }
+        // The revision is read before looking at the queue: the writer publishes an event and
+        // its revision under one lock, so an empty queue afterwards means nothing up to that
+        // revision is still pending.
+        let head = self.inner.revision();
+        self.live.is_empty().then_some(head.max(self.last))
     }
 
     /// The next event. Cancel-safe: dropping the future loses no event.

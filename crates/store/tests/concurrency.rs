@@ -1,3 +1,5 @@
+#![allow(clippy::result_large_err)] // api::Error is the mandated error type.
+
 mod common;
 
 use api::meta;

@@ -1,3 +1,5 @@
+#![allow(clippy::result_large_err)] // api::Error is the mandated error type.
+
 mod common;
 
 use api::meta;
@@ -18,9 +20,12 @@ fn everything_survives_reopen() {
     let mut body = snap("default", "fin");
     body["metadata"]["finalizers"] = json!(["x/y"]);
     s.create(vmsnap(), body).unwrap();
-    let marked = s.delete(vmsnap(), "default", "fin", &Preconditions::default()).unwrap();
+    let marked = s
+        .delete(vmsnap(), "default", "fin", &Preconditions::default())
+        .unwrap();
     s.create(storage_class(), sc("fast")).unwrap();
-    s.delete(storage_class(), "", "fast", &Preconditions::default()).unwrap();
+    s.delete(storage_class(), "", "fast", &Preconditions::default())
+        .unwrap();
     let st = s
         .update_status(
             vmsnap(),
@@ -33,17 +38,21 @@ fn everything_survives_reopen() {
     let s = t.open();
     assert_eq!(s.revision(), rev);
     assert_eq!(*s.get(vmsnap(), "default", "a").unwrap(), *st);
-    assert_eq!(meta::uid(&s.get(vmsnap(), "default", "a").unwrap()), meta::uid(&a));
+    assert_eq!(
+        meta::uid(&s.get(vmsnap(), "default", "a").unwrap()),
+        meta::uid(&a)
+    );
     assert_eq!(*s.get(vmsnap(), "other", "b").unwrap(), *b);
     assert_eq!(*s.get(vmsnap(), "default", "fin").unwrap(), *marked);
-    assert_eq!(s.get(storage_class(), "", "fast").unwrap_err().kind, ErrorKind::NotFound);
+    assert_eq!(
+        s.get(storage_class(), "", "fast").unwrap_err().kind,
+        ErrorKind::NotFound
+    );
     // Revisions continue after the reopen, and the label index was rebuilt.
     let c = s.create(vmsnap(), snap("default", "c")).unwrap();
     assert_eq!(rv(&c), rev + 1);
     let sel = api::meta::LabelSelector::parse("app=db").unwrap();
-    let list = s
-        .list(vmsnap(), None, &sel, &Default::default())
-        .unwrap();
+    let list = s.list(vmsnap(), None, &sel, &Default::default()).unwrap();
     assert_eq!(list.items.len(), 4);
 }
 
@@ -105,7 +114,12 @@ fn acknowledged_writes_survive_sigkill() {
     let t = Tmp::new();
     for round in 0..3 {
         let mut child = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "sigkill_child_writer", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "sigkill_child_writer",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("STORE_SIGKILL_CHILD_DB", t.db())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -1,3 +1,5 @@
+#![allow(clippy::result_large_err)] // api::Error is the mandated error type.
+
 mod common;
 
 use api::meta::{self, FieldSelector, LabelSelector};
@@ -49,7 +51,11 @@ fn create_duplicate_is_already_exists() {
     let subject = e.subject.unwrap();
     assert_eq!(subject.name, "x");
     assert_eq!(subject.group, "snapshot.kubevirt.io");
-    assert_eq!(s.revision(), rev, "a failed write does not bump the revision");
+    assert_eq!(
+        s.revision(),
+        rev,
+        "a failed write does not bump the revision"
+    );
     // Same name in another namespace is a different object.
     s.create(vmsnap(), snap("other", "x")).unwrap();
 }
@@ -91,9 +97,15 @@ fn cluster_scoped_objects_use_the_empty_namespace() {
     assert!(obj["metadata"].get("namespace").is_none());
     s.get(storage_class(), "", "fast").unwrap();
     let (l, f) = all();
-    assert_eq!(s.list(storage_class(), None, &l, &f).unwrap().items.len(), 1);
+    assert_eq!(
+        s.list(storage_class(), None, &l, &f).unwrap().items.len(),
+        1
+    );
     let e = s.get(storage_class(), "", "slow").unwrap_err();
-    assert_eq!(e.message, r#"storageclasses.storage.k8s.io "slow" not found"#);
+    assert_eq!(
+        e.message,
+        r#"storageclasses.storage.k8s.io "slow" not found"#
+    );
     let e = s.get(namespace_res(), "", "nope").unwrap_err();
     assert_eq!(e.message, r#"namespaces "nope" not found"#);
 }
@@ -109,7 +121,8 @@ fn list_filters_by_namespace_labels_and_fields_sorted() {
         ("b", "w", "web"),
     ] {
         let mut body = snap(ns, name);
-        body["metadata"]["labels"] = json!({"app": app, "tier": if ns == "a" {"front"} else {"back"}});
+        body["metadata"]["labels"] =
+            json!({"app": app, "tier": if ns == "a" {"front"} else {"back"}});
         s.create(vmsnap(), body).unwrap();
     }
     let names = |items: &[std::sync::Arc<serde_json::Value>]| -> Vec<String> {
@@ -125,20 +138,45 @@ fn list_filters_by_namespace_labels_and_fields_sorted() {
     let list = s.list(vmsnap(), Some("b"), &l, &f).unwrap();
     assert_eq!(names(&list.items), ["b/w", "b/z"]);
     let db = LabelSelector::parse("app=db").unwrap();
-    assert_eq!(names(&s.list(vmsnap(), None, &db, &f).unwrap().items), ["a/x", "b/z"]);
-    assert_eq!(names(&s.list(vmsnap(), Some("a"), &db, &f).unwrap().items), ["a/x"]);
+    assert_eq!(
+        names(&s.list(vmsnap(), None, &db, &f).unwrap().items),
+        ["a/x", "b/z"]
+    );
+    assert_eq!(
+        names(&s.list(vmsnap(), Some("a"), &db, &f).unwrap().items),
+        ["a/x"]
+    );
     let sel = LabelSelector::parse("app=db,tier!=front").unwrap();
-    assert_eq!(names(&s.list(vmsnap(), None, &sel, &f).unwrap().items), ["b/z"]);
+    assert_eq!(
+        names(&s.list(vmsnap(), None, &sel, &f).unwrap().items),
+        ["b/z"]
+    );
     let sel = LabelSelector::parse("app in (web),tier").unwrap();
-    assert_eq!(names(&s.list(vmsnap(), None, &sel, &f).unwrap().items), ["a/y", "b/w"]);
+    assert_eq!(
+        names(&s.list(vmsnap(), None, &sel, &f).unwrap().items),
+        ["a/y", "b/w"]
+    );
     let none = LabelSelector::parse("app=nothing").unwrap();
     assert!(s.list(vmsnap(), None, &none, &f).unwrap().items.is_empty());
     let by_name = FieldSelector::parse("metadata.name=y").unwrap();
-    assert_eq!(names(&s.list(vmsnap(), None, &l, &by_name).unwrap().items), ["a/y"]);
-    assert_eq!(names(&s.list(vmsnap(), Some("a"), &l, &by_name).unwrap().items), ["a/y"]);
-    assert!(s.list(vmsnap(), Some("b"), &l, &by_name).unwrap().items.is_empty());
+    assert_eq!(
+        names(&s.list(vmsnap(), None, &l, &by_name).unwrap().items),
+        ["a/y"]
+    );
+    assert_eq!(
+        names(&s.list(vmsnap(), Some("a"), &l, &by_name).unwrap().items),
+        ["a/y"]
+    );
+    assert!(s
+        .list(vmsnap(), Some("b"), &l, &by_name)
+        .unwrap()
+        .items
+        .is_empty());
     let by_ns = FieldSelector::parse("metadata.namespace!=a").unwrap();
-    assert_eq!(names(&s.list(vmsnap(), None, &l, &by_ns).unwrap().items), ["b/w", "b/z"]);
+    assert_eq!(
+        names(&s.list(vmsnap(), None, &l, &by_ns).unwrap().items),
+        ["b/w", "b/z"]
+    );
     // Another kind is not mixed in.
     assert!(s.list(vm(), None, &l, &f).unwrap().items.is_empty());
 
@@ -146,9 +184,16 @@ fn list_filters_by_namespace_labels_and_fields_sorted() {
     let mut y = (*s.get(vmsnap(), "a", "y").unwrap()).clone();
     y["metadata"]["labels"]["app"] = json!("db");
     s.update(vmsnap(), y).unwrap();
-    assert_eq!(names(&s.list(vmsnap(), None, &db, &f).unwrap().items), ["a/x", "a/y", "b/z"]);
-    s.delete(vmsnap(), "a", "x", &Preconditions::default()).unwrap();
-    assert_eq!(names(&s.list(vmsnap(), None, &db, &f).unwrap().items), ["a/y", "b/z"]);
+    assert_eq!(
+        names(&s.list(vmsnap(), None, &db, &f).unwrap().items),
+        ["a/x", "a/y", "b/z"]
+    );
+    s.delete(vmsnap(), "a", "x", &Preconditions::default())
+        .unwrap();
+    assert_eq!(
+        names(&s.list(vmsnap(), None, &db, &f).unwrap().items),
+        ["a/y", "b/z"]
+    );
 }
 
 #[test]
@@ -171,7 +216,10 @@ fn update_checks_resource_version() {
     let updated = s.update(vmsnap(), good.clone()).unwrap();
     assert!(rv(&updated) > rv(&obj));
     good["spec"]["source"]["name"] = json!("vm3");
-    assert_eq!(s.update(vmsnap(), good.clone()).unwrap_err().kind, ErrorKind::Conflict);
+    assert_eq!(
+        s.update(vmsnap(), good.clone()).unwrap_err().kind,
+        ErrorKind::Conflict
+    );
     // An empty resourceVersion is unconditional.
     good["metadata"]["resourceVersion"] = json!("");
     let u = s.update(vmsnap(), good).unwrap();
@@ -204,7 +252,10 @@ fn update_keeps_server_fields_and_status_and_bumps_generation_on_spec() {
     let u = s.update(vmsnap(), b).unwrap();
     assert_eq!(meta::generation(&u), 1);
     assert_eq!(meta::uid(&u), meta::uid(&obj));
-    assert_eq!(u["metadata"]["creationTimestamp"], obj["metadata"]["creationTimestamp"]);
+    assert_eq!(
+        u["metadata"]["creationTimestamp"],
+        obj["metadata"]["creationTimestamp"]
+    );
     assert!(!meta::is_deleting(&u));
     assert_eq!(u["status"]["phase"], "InProgress");
     assert_eq!(meta::label(&u, "extra"), Some("1"));
@@ -279,11 +330,15 @@ fn update_status_only_takes_status() {
     // A status-less kind has no status subresource.
     s.create(storage_class(), sc("fast")).unwrap();
     assert_eq!(
-        s.update_status(storage_class(), sc("fast")).unwrap_err().kind,
+        s.update_status(storage_class(), sc("fast"))
+            .unwrap_err()
+            .kind,
         ErrorKind::NotFound
     );
     assert_eq!(
-        s.update_status(vmsnap(), snap("default", "nope")).unwrap_err().kind,
+        s.update_status(vmsnap(), snap("default", "nope"))
+            .unwrap_err()
+            .kind,
         ErrorKind::NotFound
     );
 }
@@ -298,10 +353,17 @@ fn delete_without_finalizers_removes() {
     let gone = s
         .delete(vmsnap(), "default", "a", &Preconditions::default())
         .unwrap();
-    assert_eq!(rv(&gone), rv(&obj) + 1, "the deleted object carries the new revision");
+    assert_eq!(
+        rv(&gone),
+        rv(&obj) + 1,
+        "the deleted object carries the new revision"
+    );
     assert_eq!(meta::uid(&gone), meta::uid(&obj));
     assert_eq!(s.revision(), rv(&gone));
-    assert_eq!(s.get(vmsnap(), "default", "a").unwrap_err().kind, ErrorKind::NotFound);
+    assert_eq!(
+        s.get(vmsnap(), "default", "a").unwrap_err().kind,
+        ErrorKind::NotFound
+    );
     let ev = rt.block_on(next(&mut w)).unwrap();
     assert_eq!(ev.ty.as_str(), "DELETED");
     assert_eq!(ev.revision, rv(&gone));
@@ -334,7 +396,11 @@ fn delete_preconditions() {
         )
         .unwrap_err();
     assert_eq!(e.kind, ErrorKind::Conflict);
-    assert!(e.message.contains("UID in precondition: other"), "{}", e.message);
+    assert!(
+        e.message.contains("UID in precondition: other"),
+        "{}",
+        e.message
+    );
     let e = s
         .delete(
             vmsnap(),
@@ -368,7 +434,9 @@ fn finalizers_hold_deletion_until_removed() {
     body["metadata"]["finalizers"] = json!(["vmsnap.io/protect", "other/f"]);
     let obj = s.create(vmsnap(), body).unwrap();
     let rt = rt();
-    let mut w = s.watch(Some(vmsnap()), Some("default"), s.revision()).unwrap();
+    let mut w = s
+        .watch(Some(vmsnap()), Some("default"), s.revision())
+        .unwrap();
 
     let marked = s
         .delete(vmsnap(), "default", "a", &Preconditions::default())
@@ -390,7 +458,10 @@ fn finalizers_hold_deletion_until_removed() {
 
     // Clients cannot clear deletionTimestamp, nor add finalizers now.
     let mut b = (*marked).clone();
-    b["metadata"].as_object_mut().unwrap().remove("deletionTimestamp");
+    b["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("deletionTimestamp");
     b["metadata"]["finalizers"] = json!(["vmsnap.io/protect", "other/f", "new/f"]);
     let e = s.update(vmsnap(), b).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Invalid);
@@ -406,7 +477,10 @@ fn finalizers_hold_deletion_until_removed() {
     meta::remove_finalizer(&mut b, "vmsnap.io/protect");
     let gone = s.update(vmsnap(), b).unwrap();
     assert_eq!(rv(&gone), rv(&still) + 1);
-    assert_eq!(s.get(vmsnap(), "default", "a").unwrap_err().kind, ErrorKind::NotFound);
+    assert_eq!(
+        s.get(vmsnap(), "default", "a").unwrap_err().kind,
+        ErrorKind::NotFound
+    );
     let ev = rt.block_on(next(&mut w)).unwrap();
     assert_eq!(ev.ty.as_str(), "DELETED");
     assert_eq!(ev.revision, rv(&gone));
@@ -419,7 +493,11 @@ fn failed_writes_change_nothing() {
     s.create(vmsnap(), snap("default", "a")).unwrap();
     let rev = s.revision();
     assert!(s.create(vmsnap(), json!("not an object")).is_err());
-    assert!(s.create(vmsnap(), json!({"metadata": {"name": "x"}})).is_err(), "namespace required");
+    assert!(
+        s.create(vmsnap(), json!({"metadata": {"name": "x"}}))
+            .is_err(),
+        "namespace required"
+    );
     assert!(s.update(vmsnap(), snap("default", "b")).is_err());
     assert_eq!(s.revision(), rev);
     drop(s);
@@ -433,7 +511,9 @@ fn failed_writes_change_nothing() {
 fn second_open_of_the_same_database_is_refused() {
     let t = Tmp::new();
     let _s = t.open();
-    let e = store::SqliteStore::open(&t.db(), Default::default()).err().expect("refused");
+    let e = store::SqliteStore::open(&t.db(), Default::default())
+        .err()
+        .expect("refused");
     assert!(e.message.contains("in use"), "{}", e.message);
 }
 

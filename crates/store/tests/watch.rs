@@ -1,3 +1,5 @@
+#![allow(clippy::result_large_err)] // api::Error is the mandated error type.
+
 mod common;
 
 use api::meta;
@@ -75,7 +77,8 @@ fn concurrent_writes_during_watch_start_are_seen_exactly_once() {
         let s = s.clone();
         std::thread::spawn(move || {
             for i in 0..300 {
-                s.create(vmsnap(), snap("default", &format!("c{i}"))).unwrap();
+                s.create(vmsnap(), snap("default", &format!("c{i}")))
+                    .unwrap();
             }
         })
     };
@@ -155,14 +158,19 @@ fn watch_replay_is_exact_across_reopen() {
         let mut w = s.watch(None, None, resume_from).unwrap();
         for (rev, ty, name) in &missed {
             let ev = rt.block_on(next(&mut w)).unwrap();
-            assert_eq!((ev.revision, ev.ty, meta::name(&ev.object)), (*rev, *ty, name.as_str()));
+            assert_eq!(
+                (ev.revision, ev.ty, meta::name(&ev.object)),
+                (*rev, *ty, name.as_str())
+            );
         }
         rt.block_on(quiet(&mut w));
         // Then it continues live.
         let o = s.create(vmsnap(), snap("default", "live")).unwrap();
         let ev = rt.block_on(next(&mut w)).unwrap();
         assert_eq!((ev.revision, ev.ty), (rv(&o), EventType::Added));
-        let d = s.delete(vmsnap(), "default", "live", &Preconditions::default()).unwrap();
+        let d = s
+            .delete(vmsnap(), "default", "live", &Preconditions::default())
+            .unwrap();
         assert_eq!(rt.block_on(next(&mut w)).unwrap().revision, rv(&d));
         // Both are in the log for the next reopen.
         missed.push((rv(&o), EventType::Added, "live".into()));
@@ -184,7 +192,8 @@ fn long_replay_from_sqlite_pages() {
             let s = &s;
             sc.spawn(move || {
                 for i in 0..400 {
-                    s.create(vmsnap(), snap("default", &format!("w{w}-{i}"))).unwrap();
+                    s.create(vmsnap(), snap("default", &format!("w{w}-{i}")))
+                        .unwrap();
                 }
             });
         }
@@ -226,7 +235,10 @@ fn compaction_gives_410() {
     });
     assert_eq!(s.compacted_revision(), 6);
     assert_eq!(s.revision(), head);
-    assert_eq!(s.watch(None, None, 3).err().unwrap().kind, ErrorKind::Expired);
+    assert_eq!(
+        s.watch(None, None, 3).err().unwrap().kind,
+        ErrorKind::Expired
+    );
     let mut w = s.watch(None, None, 6).unwrap();
     for rev in 7..=head {
         assert_eq!(rt.block_on(next(&mut w)).unwrap().revision, rev);
@@ -247,7 +259,8 @@ fn compaction_during_replay_gives_410_not_a_gap() {
             let s = &s;
             sc.spawn(move || {
                 for i in 0..150 {
-                    s.create(vmsnap(), snap("default", &format!("p{w}-{i}"))).unwrap();
+                    s.create(vmsnap(), snap("default", &format!("p{w}-{i}")))
+                        .unwrap();
                 }
             });
         }
@@ -270,7 +283,10 @@ fn compaction_during_replay_gives_410_not_a_gap() {
     };
     assert_eq!(err.kind, ErrorKind::Expired);
     assert!(last < 1000);
-    assert!(rt.block_on(w.next()).is_none(), "the watch ends after the error");
+    assert!(
+        rt.block_on(w.next()).is_none(),
+        "the watch ends after the error"
+    );
 }
 
 #[test]
@@ -285,14 +301,18 @@ fn automatic_compaction_keeps_retain_events() {
             let s = &s;
             sc.spawn(move || {
                 for i in 0..50 {
-                    s.create(vmsnap(), snap("default", &format!("r{w}-{i}"))).unwrap();
+                    s.create(vmsnap(), snap("default", &format!("r{w}-{i}")))
+                        .unwrap();
                 }
             });
         }
     });
     assert_eq!(s.revision(), 200);
     assert_eq!(s.compacted_revision(), 150);
-    assert_eq!(s.watch(None, None, 149).err().unwrap().kind, ErrorKind::Expired);
+    assert_eq!(
+        s.watch(None, None, 149).err().unwrap().kind,
+        ErrorKind::Expired
+    );
     let rt = rt();
     let mut w = s.watch(None, None, 150).unwrap();
     assert_eq!(rt.block_on(next(&mut w)).unwrap().revision, 151);
@@ -316,7 +336,8 @@ fn slow_consumer_gets_410_and_never_a_gap() {
             let s = &s;
             sc.spawn(move || {
                 for i in 0..20 {
-                    s.create(vmsnap(), snap("default", &format!("s{w}-{i}"))).unwrap();
+                    s.create(vmsnap(), snap("default", &format!("s{w}-{i}")))
+                        .unwrap();
                 }
             });
         }
@@ -381,10 +402,31 @@ fn watch_in_a_multithreaded_runtime() {
         })
         .collect();
     for i in 0..50 {
-        s.create(vmsnap(), snap("default", &format!("m{i}"))).unwrap();
+        s.create(vmsnap(), snap("default", &format!("m{i}")))
+            .unwrap();
     }
     for task in tasks {
         let revs = rt.block_on(task).unwrap();
         assert_eq!(revs, (1..=50).collect::<Vec<u64>>());
     }
+}
+
+#[test]
+fn bookmarks_only_when_caught_up() {
+    let t = Tmp::new();
+    let s = t.open();
+    let rt = rt();
+    s.create(vmsnap(), snap("default", "a")).unwrap();
+    let mut w = s.watch(Some(vmsnap()), Some("default"), 0).unwrap();
+    assert_eq!(w.bookmark(), None, "replay pending");
+    assert_eq!(rt.block_on(next(&mut w)).unwrap().revision, 1);
+    assert_eq!(w.bookmark(), Some(1));
+    // Events of other namespaces move the bookmark without being delivered.
+    s.create(vmsnap(), snap("other", "b")).unwrap();
+    s.create(storage_class(), sc("c")).unwrap();
+    assert_eq!(w.bookmark(), Some(3));
+    s.create(vmsnap(), snap("default", "d")).unwrap();
+    assert_eq!(w.bookmark(), None, "an event is queued");
+    assert_eq!(rt.block_on(next(&mut w)).unwrap().revision, 4);
+    assert_eq!(w.bookmark(), Some(4));
 }

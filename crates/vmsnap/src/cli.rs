@@ -75,6 +75,15 @@ pub enum Cmd {
         #[arg(long, default_value = "30s")]
         timeout: String,
     },
+    /// Storage pools and volumes.
+    #[command(subcommand)]
+    Storage(crate::storage_cli::StorageCmd),
+    /// Upload a disk image (raw or qcow2) into a DataVolume, like `virtctl image-upload`.
+    ImageUpload(crate::storage_cli::ImageUploadArgs),
+    #[command(flatten)]
+    Vm(crate::vm_cli::VmCmd),
+    #[command(flatten)]
+    Snap(crate::snap_cli::SnapCmd),
     /// Run a benchmark and print its figures.
     Bench {
         /// What to measure: store.
@@ -152,6 +161,10 @@ pub fn run(cli: Cli) -> api::Result<()> {
             timeout,
         } => crate::kubectl::wait(&client(ns.as_deref())?, &resource, &name, &for_, &timeout),
         Cmd::Bench { what, dir } => crate::serve::bench(&what, dir),
+        Cmd::Storage(cmd) => crate::storage_cli::storage(&client(ns.as_deref())?, cmd),
+        Cmd::ImageUpload(args) => crate::storage_cli::image_upload(&client(ns.as_deref())?, args),
+        Cmd::Vm(cmd) => crate::vm_cli::run(&client(ns.as_deref())?, cmd),
+        Cmd::Snap(cmd) => crate::snap_cli::run(&client(ns.as_deref())?, cmd),
     }
 }
 

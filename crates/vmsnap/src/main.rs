@@ -4,6 +4,9 @@
 mod cli;
 mod kubectl;
 mod serve;
+mod snap_cli;
+mod storage_cli;
+mod vm_cli;
 
 use clap::Parser;
 

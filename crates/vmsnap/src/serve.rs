@@ -63,6 +63,8 @@ async fn serve(
         metrics: None,
         extra: None,
         public: None,
+        vm_actions: None,
+        uploads: None,
     })
     .await
 }

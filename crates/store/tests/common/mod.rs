@@ -64,7 +64,9 @@ pub fn open_at(path: &Path, opts: StoreOptions) -> SqliteStore {
 }
 
 pub fn rv(obj: &Value) -> u64 {
-    api::meta::resource_version(obj).parse().expect("numeric rv")
+    api::meta::resource_version(obj)
+        .parse()
+        .expect("numeric rv")
 }
 
 pub fn all() -> (LabelSelector, FieldSelector) {

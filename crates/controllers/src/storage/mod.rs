@@ -1,0 +1,1 @@
+//! Storage controllers: pools, PersistentVolumeClaims, VolumeSnapshots, DataVolumes, StorageProfiles.

@@ -1,0 +1,1 @@
+//! VirtualMachine and VirtualMachineInstance controllers on the QEMU runtime.
