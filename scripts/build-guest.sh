@@ -266,11 +266,14 @@ for p in /sys/class/virtio-ports/*; do
   [ -n "\$name" ] && ln -sf "../\$(basename "\$p")" "/dev/virtio-ports/\$name"
 done
 
+# Busybox's shell prefers its own applets over binaries in PATH: e2fsprogs tools go by full path.
 if [ -b /dev/vdb ]; then
-  if [ -z "\$(blkid /dev/vdb)" ]; then
-    mke2fs -q -t ext4 -F /dev/vdb
-  else
-    e2fsck -p /dev/vdb >/dev/null 2>&1
+  # Blank means the first MiB is all zeros (every filesystem has its superblock there).
+  if [ -z "\$(dd if=/dev/vdb bs=64k count=16 2>/dev/null | tr -d '\\000' | head -c 1)" ]; then
+    echo "vmsnap-guest: formatting blank /dev/vdb as ext4"
+    /sbin/mke2fs -q -t ext4 -F /dev/vdb
+  elif /sbin/dumpe2fs -h /dev/vdb >/dev/null 2>&1; then
+    /sbin/e2fsck -p /dev/vdb >/dev/null 2>&1
   fi
   mount /dev/vdb /data || echo "vmsnap-guest: cannot mount /dev/vdb"
 fi

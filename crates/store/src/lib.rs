@@ -109,7 +109,9 @@ impl Default for StoreOptions {
 
 /// A durable object store with Kubernetes semantics. Cluster-scoped kinds use namespace `""`.
 /// Every method blocks the calling thread until its answer is known; writes return only after
-/// they are on disk.
+/// they are on disk (a few milliseconds: one fsync, shared by all writes that arrive together).
+/// Async callers should make writes through `tokio::task::spawn_blocking` (or `block_in_place`)
+/// so that a runtime worker is not parked during the sync; reads are in-memory and cheap.
 pub trait Store: Send + Sync + 'static {
     fn get(&self, res: &'static Resource, namespace: &str, name: &str) -> api::Result<Arc<Value>>;
     fn list(
