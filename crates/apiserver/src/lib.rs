@@ -4,6 +4,7 @@
 pub mod discovery;
 pub mod ext;
 pub mod pki;
+mod proto;
 mod routes;
 pub mod table;
 mod watch;

@@ -272,23 +272,43 @@ async fn read_body(body: axum::body::Body) -> Result<bytes::Bytes, Error> {
 }
 
 /// `/apis/subresources.kubevirt.io/v1/namespaces/{ns}/{resource}/{name}/{action}`
-async fn vm_action(state: &State, method: &Method, path: &str, body: &[u8]) -> Result<Response, Error> {
+async fn vm_action(
+    state: &State,
+    method: &Method,
+    path: &str,
+    body: &[u8],
+) -> Result<Response, Error> {
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let ["apis", "subresources.kubevirt.io", "v1", "namespaces", ns, resource, name, action] = segs.as_slice() else {
+    let ["apis", "subresources.kubevirt.io", "v1", "namespaces", ns, resource, name, action] =
+        segs.as_slice()
+    else {
         return Err(not_found_path(path));
     };
-    if !matches!(*resource, "virtualmachines" | "virtualmachineinstances") || meta::validate_subdomain(name).is_some() {
+    if !matches!(*resource, "virtualmachines" | "virtualmachineinstances")
+        || meta::validate_subdomain(name).is_some()
+    {
         return Err(not_found_path(path));
     }
     let Some(vm) = state.vm_actions.as_ref() else {
-        return Err(Error::new(ErrorKind::Unsupported, "this server runs no VMs"));
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "this server runs no VMs",
+        ));
     };
     if *method == Method::GET {
         let stream = vm.stream(resource, ns, name, action).await?;
-        return Ok((StatusCode::OK, [(header::CONTENT_TYPE, "application/octet-stream")], axum::body::Body::from_stream(stream))
+        return Ok((
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, "application/octet-stream")],
+            axum::body::Body::from_stream(stream),
+        )
             .into_response());
     }
-    let opts = if body.iter().all(u8::is_ascii_whitespace) { json!({}) } else { decode_body("application/json", body)? };
+    let opts = if body.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        decode_body("application/json", body)?
+    };
     let out = vm.action(resource, ns, name, action, opts).await?;
     Ok(json_response(StatusCode::OK, &out))
 }
@@ -298,16 +318,25 @@ async fn vm_action(state: &State, method: &Method, path: &str, body: &[u8]) -> R
 async fn upload(state: &State, path: &str, req: Request) -> Result<Response, Error> {
     use futures::StreamExt;
     let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let ["apis", "upload.cdi.kubevirt.io", "v1beta1", "namespaces", ns, "datavolumes", name, "upload"] = segs.as_slice() else {
+    let ["apis", "upload.cdi.kubevirt.io", "v1beta1", "namespaces", ns, "datavolumes", name, "upload"] =
+        segs.as_slice()
+    else {
         return Err(not_found_path(path));
     };
     if meta::validate_subdomain(name).is_some() {
         return Err(not_found_path(path));
     }
     let Some(up) = state.uploads.as_ref() else {
-        return Err(Error::new(ErrorKind::Unsupported, "this server takes no uploads"));
+        return Err(Error::new(
+            ErrorKind::Unsupported,
+            "this server takes no uploads",
+        ));
     };
-    let len = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
     let stream = req
         .into_body()
         .into_data_stream()
@@ -386,6 +415,9 @@ fn content_type(headers: &HeaderMap) -> String {
 pub(crate) fn decode_body(ct: &str, body: &[u8]) -> Result<Value, Error> {
     if body.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(Error::bad_request("the request body is empty"));
+    }
+    if ct == "application/vnd.kubernetes.protobuf" {
+        return crate::proto::decode_namespace(body);
     }
     let v: Value = if ct.contains("yaml") {
         let text = std::str::from_utf8(body)
@@ -755,6 +787,14 @@ async fn patch(
         "application/json-patch+json" => Kind::Json(
             serde_json::from_slice(body).map_err(|e| Error::bad_request(format!("malformed JSON patch: {e}")))?,
         ),
+        // Built-in kinds (core, storage.k8s.io) get strategic merge from kubectl by default. Their
+        // lists have no merge keys vmsnap relies on, so a merge patch with the directives
+        // removed gives the same result.
+        "application/strategic-merge-patch+json" if matches!(t.res.group, "" | "storage.k8s.io") => {
+            let mut p = decode_any(body, false)?;
+            strip_smp_directives(&mut p);
+            Kind::Merge(p)
+        }
         "application/strategic-merge-patch+json" => {
             return Err(Error::new(
                 ErrorKind::UnsupportedMediaType,
@@ -800,6 +840,15 @@ async fn patch(
         }
     }
     Err(Error::conflict("the object kept changing; try again"))
+}
+
+fn strip_smp_directives(v: &mut Value) {
+    if let Value::Object(m) = v {
+        m.retain(|k, _| !k.starts_with('$'));
+        for x in m.values_mut() {
+            strip_smp_directives(x);
+        }
+    }
 }
 
 fn decode_any(body: &[u8], yaml: bool) -> Result<Value, Error> {

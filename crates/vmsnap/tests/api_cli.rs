@@ -19,7 +19,10 @@ fn ok(out: std::process::Output) -> String {
 fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
     while !f() {
-        assert!(start.elapsed() < Duration::from_secs(15), "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -29,13 +32,22 @@ fn vmsnap_cli_verbs_work_like_kubectl() {
     let s = Server::start();
     let snap = seeds_dir().join("004-01-virtualmachinesnapshot-snap-larry.yaml");
     let out = ok(s.vmsnap(&["apply", "-f", snap.to_str().unwrap()]));
-    assert_eq!(out.trim(), "virtualmachinesnapshot.snapshot.kubevirt.io/snap-larry created");
+    assert_eq!(
+        out.trim(),
+        "virtualmachinesnapshot.snapshot.kubevirt.io/snap-larry created"
+    );
     let out = ok(s.vmsnap(&["apply", "-f", snap.to_str().unwrap()]));
-    assert_eq!(out.trim(), "virtualmachinesnapshot.snapshot.kubevirt.io/snap-larry unchanged");
+    assert_eq!(
+        out.trim(),
+        "virtualmachinesnapshot.snapshot.kubevirt.io/snap-larry unchanged"
+    );
 
     let table = ok(s.vmsnap(&["get", "vmsnapshot"]));
     assert!(table.starts_with("NAME"), "{table}");
-    assert!(table.contains("SOURCEKIND") && table.contains("snap-larry"), "{table}");
+    assert!(
+        table.contains("SOURCEKIND") && table.contains("snap-larry"),
+        "{table}"
+    );
 
     let yaml = ok(s.vmsnap(&["get", "vmsnapshot", "snap-larry", "-o", "yaml"]));
     let v: Value = serde_saphyr::from_str(&yaml).unwrap();
@@ -48,12 +60,21 @@ fn vmsnap_cli_verbs_work_like_kubectl() {
     assert_eq!(v["items"].as_array().unwrap().len(), 1);
 
     // Editing the file and applying again patches only what changed.
-    let edited = std::fs::read_to_string(&snap).unwrap().replace("failureDeadline: 1m", "failureDeadline: 2m");
+    let edited = std::fs::read_to_string(&snap)
+        .unwrap()
+        .replace("failureDeadline: 1m", "failureDeadline: 2m");
     let f = s.data_dir().join("edited.yaml");
     std::fs::write(&f, edited).unwrap();
     let out = ok(s.vmsnap(&["apply", "-f", f.to_str().unwrap()]));
     assert!(out.contains("configured"), "{out}");
-    let v = s.client().get(api::registry::lookup("vmsnapshot").unwrap(), "default", "snap-larry").unwrap();
+    let v = s
+        .client()
+        .get(
+            api::registry::lookup("vmsnapshot").unwrap(),
+            "default",
+            "snap-larry",
+        )
+        .unwrap();
     assert_eq!(v["spec"]["failureDeadline"], "2m");
     assert_eq!(v["metadata"]["generation"], 2);
 
@@ -63,20 +84,56 @@ fn vmsnap_cli_verbs_work_like_kubectl() {
     let mut cur = c.get(res, "default", "snap-larry").unwrap();
     cur["status"] = json!({"conditions": [{"type": "Ready", "status": "True", "reason": "T", "message": "", "lastTransitionTime": api::meta::now_rfc3339(), "lastProbeTime": null}]});
     c.update_status(res, "default", &cur).unwrap();
-    let out = ok(s.vmsnap(&["wait", "vmsnapshot", "snap-larry", "--for", "condition=Ready", "--timeout", "5s"]));
+    let out = ok(s.vmsnap(&[
+        "wait",
+        "vmsnapshot",
+        "snap-larry",
+        "--for",
+        "condition=Ready",
+        "--timeout",
+        "5s",
+    ]));
     assert!(out.contains("condition met"), "{out}");
     // A condition that never comes times out with an error.
-    let out = s.vmsnap(&["wait", "vmsnapshot", "snap-larry", "--for", "condition=Failure", "--timeout", "1s"]);
+    let out = s.vmsnap(&[
+        "wait",
+        "vmsnapshot",
+        "snap-larry",
+        "--for",
+        "condition=Failure",
+        "--timeout",
+        "1s",
+    ]);
     assert!(!out.status.success());
 
     let out = ok(s.vmsnap(&["describe", "kubevirt", "kubevirt", "-n", "kubevirt"]));
-    assert!(out.contains("Name:         kubevirt") && out.contains("Events:"), "{out}");
+    assert!(
+        out.contains("Name:         kubevirt") && out.contains("Events:"),
+        "{out}"
+    );
 
     let out = ok(s.vmsnap(&["delete", "vmsnapshot", "snap-larry"]));
     assert!(out.contains("deleted"), "{out}");
     let out = s.vmsnap(&["get", "vmsnapshot", "snap-larry"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
+}
+
+#[test]
+fn kubectl_typed_verbs_on_builtin_kinds() {
+    let s = Server::start();
+    // `kubectl create namespace` posts protobuf; `label` sends a strategic merge patch.
+    s.kubectl_ok(&["create", "namespace", "typed"]);
+    s.kubectl_ok(&["label", "namespace", "typed", "team=storage"]);
+    let out = s.kubectl_ok(&[
+        "get",
+        "namespace",
+        "typed",
+        "-o",
+        "jsonpath={.metadata.labels.team} {.status.phase}",
+    ]);
+    assert_eq!(out, "storage Active");
+    s.kubectl_ok(&["delete", "namespace", "typed"]);
 }
 
 #[test]
@@ -96,7 +153,9 @@ fn owner_deletion_cascades_and_namespaces_empty_before_going() {
     });
     c.create(contentres, "gc", &dep).unwrap();
     c.delete(snapres, "gc", "owner").unwrap();
-    wait_until("the dependent to be collected", || c.get(contentres, "gc", "dependent").is_err());
+    wait_until("the dependent to be collected", || {
+        c.get(contentres, "gc", "dependent").is_err()
+    });
 
     // An object with a finalizer stays (Terminating) until the finalizer is removed.
     c.create(snapres, "gc", &json!({"apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineSnapshot", "metadata": {"name": "held", "finalizers": ["test/hold"]}, "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "vm"}}})).unwrap();
@@ -110,6 +169,12 @@ fn owner_deletion_cascades_and_namespaces_empty_before_going() {
     // Nothing new may be created in a terminating namespace.
     let e = c.create(snapres, "gc", &json!({"apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineSnapshot", "metadata": {"name": "late"}, "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "vm"}}})).unwrap_err();
     assert_eq!(e.kind, api::ErrorKind::Forbidden, "{e}");
-    c.patch_merge(snapres, "gc", "held", &json!({"metadata": {"finalizers": null}})).unwrap();
+    c.patch_merge(
+        snapres,
+        "gc",
+        "held",
+        &json!({"metadata": {"finalizers": null}}),
+    )
+    .unwrap();
     wait_until("the namespace to go", || c.get(ns_res, "", "gc").is_err());
 }
