@@ -183,6 +183,27 @@ pub fn set_owner(obj: &mut Value, owner: &Value) {
     }
 }
 
+/// Sets one annotation, creating the map if needed.
+pub fn set_annotation(obj: &mut Value, key: &str, value: &str) {
+    set_in_map(obj, "annotations", key, value);
+}
+
+/// Sets one label, creating the map if needed.
+pub fn set_label(obj: &mut Value, key: &str, value: &str) {
+    set_in_map(obj, "labels", key, value);
+}
+
+fn set_in_map(obj: &mut Value, map: &str, key: &str, value: &str) {
+    let m = ensure_object(obj, "metadata");
+    let a = m.entry(map).or_insert_with(|| Value::Object(Map::new()));
+    if !a.is_object() {
+        *a = Value::Object(Map::new());
+    }
+    if let Some(a) = a.as_object_mut() {
+        a.insert(key.into(), Value::String(value.into()));
+    }
+}
+
 /// Returns `obj[key]` as an object, creating it (or replacing a non-object) first.
 pub fn ensure_object<'a>(obj: &'a mut Value, key: &str) -> &'a mut Map<String, Value> {
     if !obj.is_object() {

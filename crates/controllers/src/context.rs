@@ -15,6 +15,10 @@ pub struct Context {
 
 impl Context {
     pub fn new(store: Arc<dyn Store>, data_dir: PathBuf) -> Self {
-        Context { recorder: Recorder::new(store.clone(), "vmsnap-controller"), store, data_dir }
+        Context {
+            recorder: Recorder::new(store.clone(), "vmsnap-controller"),
+            store,
+            data_dir,
+        }
     }
 }

@@ -5,7 +5,9 @@ pub mod context;
 pub mod events;
 pub mod gc;
 pub mod kubevirt;
+pub mod metrics;
 pub mod runtime;
+pub mod snapshot;
 pub mod storage;
 pub mod vm;
 

@@ -71,6 +71,9 @@ impl std::fmt::Display for AccelMode {
     }
 }
 
+/// A reasonable probe timeout: a KVM guest reaches its panic in about a second.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Outcome of a probe, with the reason for status messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Probe {
@@ -145,10 +148,16 @@ pub async fn probe_kvm(kernel: Option<&Path>, timeout: Duration) -> Probe {
 async fn run_probe(kernel: &Path, serial: &Path, timeout: Duration) -> Result<Duration, String> {
     let start = Instant::now();
     let mut child = tokio::process::Command::new(crate::launcher::QEMU)
-        .arg("-accel")
-        .arg("kvm")
-        .args(["-cpu", "host", "-m", "256", "-smp", "1"])
-        .args(["-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"])
+        .args(["-machine", "pc", "-accel", "kvm"])
+        .args(crate::launcher::cpu_args(Accel::Kvm))
+        .args(["-m", "256", "-smp", "1"])
+        .args([
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
         .arg("-serial")
         .arg(format!("file:{}", serial.display()))
         .arg("-kernel")

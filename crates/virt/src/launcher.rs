@@ -123,13 +123,19 @@ impl VmSpec {
         let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
         push(&["-name", &opt(&self.name)]);
         push(&["-machine", "pc", "-accel", self.accel.as_str()]);
-        if self.accel == Accel::Kvm {
-            push(&["-cpu", "host"]);
-        }
-        push(&["-smp", &self.cpus.to_string(), "-m", &format!("{}M", self.memory_mib)]);
+        push(cpu_args(self.accel));
+        push(&[
+            "-smp",
+            &self.cpus.to_string(),
+            "-m",
+            &format!("{}M", self.memory_mib),
+        ]);
         push(&["-nodefaults", "-no-user-config", "-display", "none"]);
         push(&["-daemonize", "-pidfile", &p(PIDFILE)]);
-        push(&["-qmp", &format!("unix:{},server=on,wait=off", opt(&p(QMP_SOCKET)))]);
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", opt(&p(QMP_SOCKET))),
+        ]);
         // The console is a socket for interactive use, logged to serial.log; with no client
         // connected the output is still logged.
         push(&[
@@ -145,7 +151,10 @@ impl VmSpec {
         if self.agent {
             push(&[
                 "-chardev",
-                &format!("socket,id=qga0,path={},server=on,wait=off", opt(&p(QGA_SOCKET))),
+                &format!(
+                    "socket,id=qga0,path={},server=on,wait=off",
+                    opt(&p(QGA_SOCKET))
+                ),
                 "-device",
                 "virtio-serial-pci,id=vserial0",
                 "-device",
@@ -232,6 +241,14 @@ impl VmSpec {
 /// QEMU option values escape commas by doubling them.
 fn opt(s: &str) -> String {
     s.replace(',', ",,")
+}
+
+/// CPU model arguments; the KVM probe uses the same so that it tests what VMs will run.
+pub(crate) fn cpu_args(accel: Accel) -> &'static [&'static str] {
+    match accel {
+        Accel::Kvm => &["-cpu", "host"],
+        Accel::Tcg => &[],
+    }
 }
 
 fn valid_mac(mac: &str) -> bool {
@@ -431,7 +448,10 @@ impl Running {
         if self.wait_exit(Duration::from_secs(10)).await {
             Ok(())
         } else {
-            Err(Error::Guest(format!("QEMU pid {} survived SIGKILL", self.pid)))
+            Err(Error::Guest(format!(
+                "QEMU pid {} survived SIGKILL",
+                self.pid
+            )))
         }
     }
 
@@ -571,11 +591,20 @@ mod tests {
     fn rejects_bad_identity() {
         let mut s = spec();
         s.nics[0].mac = "01:00:00:00:00:01".into();
-        assert!(matches!(s.qemu_args(Path::new("/r")), Err(Error::InvalidSpec(_))));
+        assert!(matches!(
+            s.qemu_args(Path::new("/r")),
+            Err(Error::InvalidSpec(_))
+        ));
         let mut s = spec();
         s.firmware_uuid = Some("nope".into());
-        assert!(matches!(s.qemu_args(Path::new("/r")), Err(Error::InvalidSpec(_))));
+        assert!(matches!(
+            s.qemu_args(Path::new("/r")),
+            Err(Error::InvalidSpec(_))
+        ));
         let long = PathBuf::from(format!("/{}", "d".repeat(120)));
-        assert!(matches!(spec().qemu_args(&long), Err(Error::InvalidSpec(_))));
+        assert!(matches!(
+            spec().qemu_args(&long),
+            Err(Error::InvalidSpec(_))
+        ));
     }
 }

@@ -155,7 +155,10 @@ impl Qga {
     ) -> Result<Value> {
         if slot.is_none() {
             let stream = UnixStream::connect(&self.inner.path).await.map_err(|e| {
-                Error::io(format!("cannot connect to {}", self.inner.path.display()), e)
+                Error::io(
+                    format!("cannot connect to {}", self.inner.path.display()),
+                    e,
+                )
             })?;
             let (r, w) = stream.into_split();
             *slot = Some(Conn {
@@ -170,6 +173,9 @@ impl Qga {
         if !conn.synced {
             self.sync_conn(conn).await?;
         }
+        // Out of step until the reply is read: if this future is dropped half way (a caller's
+        // own timeout), the next command re-syncs instead of reading our reply as its own.
+        conn.synced = false;
         let mut msg = json!({ "execute": command });
         if let Some(args) = args {
             msg["arguments"] = args;
@@ -181,6 +187,7 @@ impl Qga {
             .await
             .map_err(|e| Error::io(format!("cannot send guest agent {command}"), e))?;
         let reply = read_line(&mut conn.reader, &self.inner.path).await?;
+        conn.synced = true;
         let reply: Value = serde_json::from_slice(trim_json(&reply)).map_err(|e| {
             Error::Protocol(format!(
                 "invalid agent reply {:?}: {e}",
@@ -196,7 +203,9 @@ impl Qga {
                 desc: str_field(err, "desc"),
             })
         } else {
-            Err(Error::Protocol(format!("agent reply without return: {reply}")))
+            Err(Error::Protocol(format!(
+                "agent reply without return: {reply}"
+            )))
         }
     }
 
@@ -384,7 +393,12 @@ impl Qga {
 
     /// Runs `path args...` in the guest, feeding `stdin`, and waits for it within this handle's
     /// deadline (the whole run, not each poll).
-    pub async fn exec(&self, path: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<ExecOutput> {
+    pub async fn exec(
+        &self,
+        path: &str,
+        args: &[&str],
+        stdin: Option<&[u8]>,
+    ) -> Result<ExecOutput> {
         let start = Instant::now();
         let pid = self.exec_spawn(path, args, stdin).await?;
         loop {
@@ -497,7 +511,10 @@ impl Drop for FreezeGuard {
             Err(_) => {
                 // No runtime (dropped from plain code): thaw on a thread of our own.
                 std::thread::spawn(move || {
-                    match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
                         Ok(rt) => rt.block_on(task),
                         Err(e) => tracing::error!("cannot start a runtime to thaw: {e}"),
                     }

@@ -86,7 +86,9 @@ impl Qmp {
         let mut reader = BufReader::new(read);
         let greeting = read_json_line(&mut reader, &path).await?;
         if greeting.get("QMP").is_none() {
-            return Err(Error::Protocol(format!("unexpected QMP greeting: {greeting}")));
+            return Err(Error::Protocol(format!(
+                "unexpected QMP greeting: {greeting}"
+            )));
         }
         let (event_tx, _) = broadcast::channel(EVENT_BACKLOG);
         let shared = Arc::new(Shared {
@@ -142,12 +144,18 @@ impl Qmp {
         let mut line = msg.to_string();
         line.push('\n');
 
+        // The write runs in its own task so that a caller giving up half way never leaves half
+        // a command on the socket, which would garble the next one.
+        let inner = Arc::clone(&self.inner);
+        let write = tokio::spawn(async move {
+            let mut w = inner.writer.lock().await;
+            w.write_all(line.as_bytes()).await
+        });
         let exchange = async {
-            {
-                let mut w = self.inner.writer.lock().await;
-                w.write_all(line.as_bytes()).await.map_err(|e| {
-                    Error::io(format!("cannot send QMP {command}"), e)
-                })?;
+            match write.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => return Err(Error::io(format!("cannot send QMP {command}"), e)),
+                Err(e) => return Err(Error::Protocol(format!("QMP writer task failed: {e}"))),
             }
             match rx.await {
                 Ok(reply) => reply,
@@ -195,9 +203,7 @@ impl Qmp {
                     Ok(ev) if ev.name == name => return Ok(ev),
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(broadcast::error::RecvError::Closed) => {
-                        return Err(Error::Closed(
-                            self.inner.shared.path.display().to_string(),
-                        ))
+                        return Err(Error::Closed(self.inner.shared.path.display().to_string()))
                     }
                 }
             }
@@ -250,7 +256,11 @@ async fn read_loop(mut reader: BufReader<OwnedReadHalf>, shared: Arc<Shared>) {
         };
         if let Some(name) = msg.get("event").and_then(Value::as_str) {
             let ts = msg.get("timestamp");
-            let field = |k| ts.and_then(|t| t.get(k)).and_then(Value::as_i64).unwrap_or(0);
+            let field = |k| {
+                ts.and_then(|t| t.get(k))
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+            };
             let ev = QmpEvent {
                 name: name.to_string(),
                 data: msg.get("data").cloned().unwrap_or(Value::Null),

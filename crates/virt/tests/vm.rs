@@ -157,13 +157,19 @@ async fn boots_and_agent_answers_within_30s() {
     eprintln!("agent answered {took:?} after launch");
     assert_eq!(vm.status().await.expect("query-status"), "running");
     let serial = std::fs::read_to_string(vm.serial_log()).expect("serial log");
-    assert!(serial.contains(virt::GUEST_READY_LINE), "serial log: {serial}");
+    assert!(
+        serial.contains(virt::GUEST_READY_LINE),
+        "serial log: {serial}"
+    );
     let info = vm.qga().info().await.expect("guest-info");
     assert!(info.get("version").is_some(), "{info}");
 
     // ACPI powerdown makes the guest exit by itself.
     let t = Instant::now();
-    let graceful = vm.shutdown(Duration::from_secs(20)).await.expect("shutdown");
+    let graceful = vm
+        .shutdown(Duration::from_secs(20))
+        .await
+        .expect("shutdown");
     assert!(graceful, "guest ignored ACPI powerdown");
     eprintln!("powerdown took {:?}", t.elapsed());
     assert!(vm
@@ -214,7 +220,11 @@ async fn file_written_by_guest_exec_survives_restart() {
     // Same for the guest's own view of a failing command.
     let out = vm.qga().sh("cat /nonexistent").await.expect("guest-exec");
     assert_ne!(out.exit_code, 0);
-    assert!(out.stderr_str().contains("nonexistent"), "{}", out.stderr_str());
+    assert!(
+        out.stderr_str().contains("nonexistent"),
+        "{}",
+        out.stderr_str()
+    );
 }
 
 /// The writer logs BEGIN/END around each write on the serial console, which stays observable
@@ -239,8 +249,13 @@ async fn freeze_blocks_guest_writes_until_thaw() {
     let root = fx.root_disk("root.img");
     let vm = start(&fx.spec("freeze", &root), &fx.path("run")).await;
     let qga = vm.qga().with_deadline(Duration::from_secs(30));
-    qga.wait_ready(Duration::from_secs(30)).await.expect("agent");
-    assert_eq!(qga.fsfreeze_status().await.expect("status"), FreezeStatus::Thawed);
+    qga.wait_ready(Duration::from_secs(30))
+        .await
+        .expect("agent");
+    assert_eq!(
+        qga.fsfreeze_status().await.expect("status"),
+        FreezeStatus::Thawed
+    );
 
     let writer = qga
         .exec_spawn("/bin/sh", &["-c", WRITER], None)
@@ -256,7 +271,10 @@ async fn freeze_blocks_guest_writes_until_thaw() {
 
     let guard = qga.fsfreeze_freeze().await.expect("freeze");
     assert!(guard.filesystems() >= 1, "nothing was frozen");
-    assert_eq!(qga.fsfreeze_status().await.expect("status"), FreezeStatus::Frozen);
+    assert_eq!(
+        qga.fsfreeze_status().await.expect("status"),
+        FreezeStatus::Frozen
+    );
     // The agent refuses most commands while frozen.
     let refused = qga.sh("true").await;
     assert!(matches!(refused, Err(Error::Agent { .. })), "{refused:?}");
@@ -265,21 +283,39 @@ async fn freeze_blocks_guest_writes_until_thaw() {
     let log = read_log();
     let begun = last_marker(&log, "W-BEGIN ").expect("writer began");
     let ended = last_marker(&log, "W-END ").expect("writer ended");
-    assert_eq!(begun, ended + 1, "a write should be pending while frozen: {log}");
+    assert_eq!(
+        begun,
+        ended + 1,
+        "a write should be pending while frozen: {log}"
+    );
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let log = read_log();
-    assert_eq!(last_marker(&log, "W-BEGIN "), Some(begun), "writer progressed while frozen");
-    assert_eq!(last_marker(&log, "W-END "), Some(ended), "write completed while frozen");
+    assert_eq!(
+        last_marker(&log, "W-BEGIN "),
+        Some(begun),
+        "writer progressed while frozen"
+    );
+    assert_eq!(
+        last_marker(&log, "W-END "),
+        Some(ended),
+        "write completed while frozen"
+    );
 
     let window = guard.thaw().await.expect("thaw");
     assert!(window.window >= Duration::from_millis(2500), "{window:?}");
     eprintln!("freeze window {window:?}");
     let t = Instant::now();
     while last_marker(&read_log(), "W-END ").unwrap_or(0) < begun {
-        assert!(t.elapsed() < Duration::from_secs(10), "write did not complete after thaw");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "write did not complete after thaw"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(qga.fsfreeze_status().await.expect("status"), FreezeStatus::Thawed);
+    assert_eq!(
+        qga.fsfreeze_status().await.expect("status"),
+        FreezeStatus::Thawed
+    );
     sh(&vm, "touch /run/stop-writer").await;
     let t = Instant::now();
     loop {
@@ -301,14 +337,22 @@ async fn dropped_freeze_guard_thaws_and_agent_resyncs_after_timeouts() {
     let root = fx.root_disk("root.img");
     let vm = start(&fx.spec("guard", &root), &fx.path("run")).await;
     let qga = vm.qga().with_deadline(Duration::from_secs(30));
-    qga.wait_ready(Duration::from_secs(30)).await.expect("agent");
+    qga.wait_ready(Duration::from_secs(30))
+        .await
+        .expect("agent");
 
     let guard = qga.fsfreeze_freeze().await.expect("freeze");
-    assert_eq!(qga.fsfreeze_status().await.expect("status"), FreezeStatus::Frozen);
+    assert_eq!(
+        qga.fsfreeze_status().await.expect("status"),
+        FreezeStatus::Frozen
+    );
     drop(guard);
     let t = Instant::now();
     while qga.fsfreeze_status().await.expect("status") != FreezeStatus::Thawed {
-        assert!(t.elapsed() < Duration::from_secs(10), "dropped guard did not thaw");
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "dropped guard did not thaw"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
@@ -321,13 +365,17 @@ async fn dropped_freeze_guard_thaws_and_agent_resyncs_after_timeouts() {
         }
     }
     assert!(timeouts > 0, "no command timed out");
-    assert_eq!(qga.fsfreeze_status().await.expect("status after resync"), FreezeStatus::Thawed);
+    assert_eq!(
+        qga.fsfreeze_status().await.expect("status after resync"),
+        FreezeStatus::Thawed
+    );
     assert_eq!(sh(&vm, "echo in-step").await.trim(), "in-step");
 
     // Re-attach as a restarted daemon would: the old process's connections are gone (QEMU
     // serves one QMP and one agent client at a time), the VM runs on with the same pid.
     let pid = vm.pid();
     let run = vm.run_dir().to_path_buf();
+    drop(qga);
     vm.abandon();
     let again = TestVm::new(attach(&run).await.expect("attach").expect("VM is running"));
     assert_eq!(again.pid(), pid);
@@ -338,8 +386,32 @@ async fn dropped_freeze_guard_thaws_and_agent_resyncs_after_timeouts() {
         .expect("agent on the re-attached VM");
     again.pause().await.expect("stop");
     assert_eq!(again.status().await.expect("status"), "paused");
+    again
+        .qmp()
+        .wait_event("STOP", Duration::from_secs(5))
+        .await
+        .expect("STOP event");
     again.resume().await.expect("cont");
     assert_eq!(again.status().await.expect("status"), "running");
+    again
+        .qmp()
+        .wait_event("RESUME", Duration::from_secs(5))
+        .await
+        .expect("RESUME event");
+    // A QMP command abandoned by its deadline leaves the session usable.
+    for _ in 0..3 {
+        let _ = again
+            .qmp()
+            .execute_with_timeout("query-status", None, Duration::from_micros(1))
+            .await;
+    }
+    assert_eq!(again.status().await.expect("status"), "running");
+    let err = again
+        .qmp()
+        .execute("no-such-command", None)
+        .await
+        .expect_err("unknown command");
+    assert!(matches!(err, Error::Qmp { .. }), "{err:?}");
     again.kill().await.expect("kill");
     assert!(attach(&run).await.expect("attach").is_none());
 }
@@ -365,7 +437,10 @@ async fn two_vms_have_their_own_mac_serial_uuid_and_data_disk() {
         spec.nics[0].mac = format!("52:54:00:ab:cd:{:02x}", i + 1);
         spec.smbios_serial = Some(format!("vmsnap-serial-{name}"));
         spec.firmware_uuid = Some(format!("6a1e2c2e-0c1b-4f5c-9a7e-0d6f3a1b2c{:02x}", i + 1));
-        vms.push((spec.clone(), start(&spec, &fx.path(&format!("run-{name}"))).await));
+        vms.push((
+            spec.clone(),
+            start(&spec, &fx.path(&format!("run-{name}"))).await,
+        ));
     }
     for (spec, vm) in &vms {
         vm.qga()
@@ -380,7 +455,11 @@ async fn two_vms_have_their_own_mac_serial_uuid_and_data_disk() {
         .await;
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(lines[0], spec.nics[0].mac, "{out}");
-        assert_eq!(lines[1], spec.smbios_serial.as_deref().unwrap_or_default(), "{out}");
+        assert_eq!(
+            lines[1],
+            spec.smbios_serial.as_deref().unwrap_or_default(),
+            "{out}"
+        );
         assert_eq!(
             lines[2].to_ascii_lowercase(),
             spec.firmware_uuid.as_deref().unwrap_or_default(),
@@ -401,7 +480,11 @@ async fn bad_memory_size_fails_quickly_with_qemu_error() {
     let err = launch(&spec, &fx.path("run"))
         .await
         .expect_err("QEMU must refuse a 1 EiB guest");
-    assert!(t.elapsed() < Duration::from_secs(10), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        t.elapsed()
+    );
     match &err {
         Error::Launch(msg) => assert!(msg.contains("memory") || msg.contains("ram"), "{msg}"),
         other => panic!("expected a launch error, got {other:?}"),
@@ -430,8 +513,18 @@ async fn accelerator_probe_decides_quickly_and_caches() {
     let t = Instant::now();
     let second = virt::accel::probe_detailed(AccelMode::Auto, Duration::from_secs(8)).await;
     assert_eq!(second, first);
-    assert!(t.elapsed() < Duration::from_millis(100), "probe is not cached");
-    assert_eq!(virt::accel::probe(AccelMode::Tcg, Duration::from_secs(1)).await, Accel::Tcg);
-    let none = virt::accel::probe_kvm(Some(Path::new("/nonexistent/vmlinuz")), Duration::from_secs(1)).await;
+    assert!(
+        t.elapsed() < Duration::from_millis(100),
+        "probe is not cached"
+    );
+    assert_eq!(
+        virt::accel::probe(AccelMode::Tcg, Duration::from_secs(1)).await,
+        Accel::Tcg
+    );
+    let none = virt::accel::probe_kvm(
+        Some(Path::new("/nonexistent/vmlinuz")),
+        Duration::from_secs(1),
+    )
+    .await;
     assert_eq!(none.accel, Accel::Tcg);
 }

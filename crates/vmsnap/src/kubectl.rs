@@ -106,15 +106,7 @@ pub fn apply(c: &Client, files: &[String]) -> Result<()> {
             a.remove(LAST_APPLIED);
         }
         let applied_text = serde_json::to_string(&applied)?;
-        let anns = meta::ensure_object(&mut obj, "metadata")
-            .entry("annotations")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !anns.is_object() {
-            *anns = Value::Object(Map::new());
-        }
-        if let Some(a) = anns.as_object_mut() {
-            a.insert(LAST_APPLIED.into(), Value::String(applied_text + "\n"));
-        }
+        meta::set_annotation(&mut obj, LAST_APPLIED, &(applied_text + "\n"));
         let result = match c.get(res, &ns, &name) {
             Err(e) if e.is(ErrorKind::NotFound) => c.create(res, &ns, &obj).map(|_| "created"),
             Err(e) => Err(e),
