@@ -1,6 +1,7 @@
 //! Reconcilers and the small runtime that drives them.
 
 pub mod bootstrap;
+pub mod clone;
 pub mod context;
 pub mod events;
 pub mod gc;

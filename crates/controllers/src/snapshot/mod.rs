@@ -64,10 +64,12 @@ pub trait GuestControl: Send + Sync {
 /// Why a volume is, or is not, part of a snapshot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Eligibility {
-    /// Snapshottable with this VolumeSnapshotClass.
+    /// Snapshottable with this VolumeSnapshotClass; `restorable` when the driver can also make
+    /// volumes from its snapshots (a clone needs both).
     Yes {
         class: String,
         driver: String,
+        restorable: bool,
     },
     No {
         reason: String,
@@ -103,6 +105,8 @@ pub trait SnapshotBackend: Send + Sync {
         restore_size: u64,
         owner: &serde_json::Value,
     ) -> api::Result<()>;
+    /// Where a claim's volume lives and its format (`raw`, `qcow2`), for offline tools.
+    fn attachment(&self, namespace: &str, claim: &str) -> api::Result<(std::path::PathBuf, String)>;
 }
 
 /// Test hooks: a slow storage step, and pausing at a named step so a test can kill the
