@@ -11,6 +11,7 @@ mod btrfs;
 mod dir;
 mod error;
 mod fsutil;
+pub mod looppool;
 mod names;
 mod qcow2;
 mod rawfile;

@@ -52,6 +52,21 @@ async fn serve(
         store: store.clone(),
         recorder: controllers::events::Recorder::new(store.clone(), "vmsnap-controller"),
     }));
+    let ctx = controllers::Context::new(store.clone(), data_dir.clone());
+    let metrics = controllers::metrics::Metrics::new();
+    #[allow(unused_mut)]
+    let mut vm_actions: Option<Arc<dyn apiserver::ext::VmActions>> = None;
+    #[allow(unused_mut)]
+    let mut uploads: Option<Arc<dyn apiserver::ext::Uploads>> = None;
+    #[allow(unused_mut)]
+    let mut hooks: Vec<Arc<dyn apiserver::AdmissionHook>> = Vec::new();
+    // --- storage ---
+    // --- end storage ---
+    // --- vm ---
+    // --- end vm ---
+    // --- snapshot ---
+    // --- end snapshot ---
+    let _ = &ctx;
     rt.start();
     controllers::gc::spawn_garbage_collector(store.clone());
     tracing::info!(data_dir = %data_dir.display(), "vmsnap is starting; kubeconfig at {}", data_dir.join("kubeconfig").display());
@@ -59,12 +74,12 @@ async fn serve(
         listen,
         data_dir,
         store,
-        hooks: Vec::new(),
-        metrics: None,
+        hooks,
+        metrics: Some(Arc::new(move || metrics.render())),
         extra: None,
         public: None,
-        vm_actions: None,
-        uploads: None,
+        vm_actions,
+        uploads,
     })
     .await
 }

@@ -187,6 +187,38 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
+        kill_qemus_under(self.dir.path());
+        unmount_under(self.dir.path());
+    }
+}
+
+/// QEMU processes outlive the daemon by design; a finished test must stop its own.
+pub fn kill_qemus_under(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    let needle = dir.to_string_lossy().into_owned();
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let cmd = String::from_utf8_lossy(&cmd);
+        if cmd.contains("qemu-system") && cmd.contains(&needle) {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+        }
+    }
+}
+
+/// Loop-mounted pools under a test's data dir are unmounted so loop devices are not leaked.
+pub fn unmount_under(dir: &Path) {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    let Ok(base) = dir.canonicalize() else { return };
+    let base = base.to_string_lossy().into_owned();
+    let mut points: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4).map(|m| m.replace("\\040", " ")))
+        .filter(|m| m.starts_with(&base))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+    for p in points {
+        let _ = Command::new("umount").arg("-l").arg(&p).status();
     }
 }
 
