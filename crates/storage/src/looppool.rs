@@ -74,3 +74,27 @@ pub fn unmount(dir: &Path) -> Result<()> {
     }
     Ok(())
 }
+
+/// Prepares the default pool directory the way Incus does on hosts without a copy-on-write
+/// filesystem: a loop-backed btrfs image sized to the free space (at most 64 GiB). A pool that
+/// already holds volumes on the plain filesystem is left as it is. Returns what was done.
+pub fn prepare_default_pool(pool_dir: &Path) -> Result<&'static str> {
+    let img = image_path(pool_dir);
+    if img.exists() {
+        return Ok(if ensure_loop_btrfs(pool_dir, 0)? { "mounted" } else { "unavailable" });
+    }
+    let parent = pool_dir.parent().unwrap_or(pool_dir);
+    std::fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
+    let in_use = std::fs::read_dir(pool_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+    if in_use || crate::detect_best(parent) != "qcow2" {
+        return Ok("native");
+    }
+    let free = rustix::fs::statvfs(parent)
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+        .unwrap_or(0);
+    let size = (free / 10 * 9).min(64 << 30);
+    if size < (2 << 30) {
+        return Ok("native");
+    }
+    Ok(if ensure_loop_btrfs(pool_dir, size)? { "created" } else { "unavailable" })
+}

@@ -38,7 +38,7 @@ pub fn run(
 async fn serve(
     data_dir: PathBuf,
     listen: SocketAddr,
-    _accel: &str,
+    accel: &str,
     opts: store::StoreOptions,
 ) -> api::Result<()> {
     let store: Arc<dyn Store> =
@@ -60,11 +60,111 @@ async fn serve(
     let mut uploads: Option<Arc<dyn apiserver::ext::Uploads>> = None;
     #[allow(unused_mut)]
     let mut hooks: Vec<Arc<dyn apiserver::AdmissionHook>> = Vec::new();
+    // Like Incus, the default pool lives on a loop-mounted btrfs image when the data dir's
+    // filesystem has no copy-on-write, so snapshots and clones stay O(1) on any host.
+    if std::env::var_os("VMSNAP_PLAIN_DEFAULT_POOL").is_none() {
+        match storage::looppool::prepare_default_pool(&data_dir.join("pools/default")) {
+            Ok(what) => tracing::info!(what, "default pool prepared"),
+            Err(e) => tracing::warn!(error = %e, "no loop-backed default pool; using the data dir's filesystem"),
+        }
+    }
     // --- storage ---
+    // Pools, claims, snapshots, DataVolumes and profiles. `pools` is what other controllers
+    // use for volumes (e.g. `pools.attachment_for_claim(ns, claim)`).
+    let pools = controllers::storage::start(store.clone(), data_dir.clone(), &mut rt)?;
+    {
+        type Fut<'a> = std::pin::Pin<
+            Box<dyn std::future::Future<Output = api::Result<serde_json::Value>> + Send + 'a>,
+        >;
+        struct StorageUploads(Arc<controllers::storage::Pools>);
+        impl apiserver::ext::Uploads for StorageUploads {
+            fn upload<'a>(
+                &'a self,
+                namespace: &'a str,
+                name: &'a str,
+                content_length: Option<u64>,
+                body: apiserver::ext::ByteStream,
+            ) -> Fut<'a> {
+                Box::pin(controllers::storage::receive_upload(
+                    self.0.clone(),
+                    namespace,
+                    name,
+                    content_length,
+                    body,
+                ))
+            }
+        }
+        struct StorageAdmission(Arc<controllers::storage::Pools>);
+        impl apiserver::AdmissionHook for StorageAdmission {
+            fn admit(
+                &self,
+                req: &apiserver::AdmissionRequest<'_>,
+                object: Option<&mut serde_json::Value>,
+            ) -> api::Result<()> {
+                let obj = object.map(|o| &*o).or(req.object);
+                self.0.admit(req.resource, req.subresource, obj, req.old)
+            }
+        }
+        if uploads.is_none() {
+            uploads = Some(Arc::new(StorageUploads(pools.clone())));
+        }
+        hooks.push(Arc::new(StorageAdmission(pools.clone())));
+    }
     // --- end storage ---
     // --- vm ---
+    let accel_mode: controllers::vm::AccelMode = accel.parse().map_err(|e| {
+        Error::bad_request(format!("--accel: {e}"))
+    })?;
+    let vm_runtime = controllers::vm::VmRuntime::start(
+        &ctx,
+        controllers::vm::RuntimeOptions {
+            accel: accel_mode,
+            guest_dir: controllers::vm::default_guest_dir(),
+            volumes: {
+                let pools = pools.clone();
+                Arc::new(move |ns: &str, claim: &str| pools.attachment_for_claim(ns, claim))
+            },
+        },
+    )
+    .await?;
+    for r in controllers::vm::reconcilers(&vm_runtime) {
+        rt.register(r);
+    }
+    if vm_actions.is_none() {
+        vm_actions = Some(Arc::new(crate::vm_actions::VmActionsAdapter {
+            rt: vm_runtime.clone(),
+        }));
+    }
     // --- end vm ---
     // --- snapshot ---
+    {
+        use controllers::snapshot::{adapters, content, restore, vmsnapshot};
+        let guest: Arc<dyn controllers::snapshot::GuestControl> =
+            Arc::new(adapters::VmGuest(vm_runtime.clone()));
+        let backend: Arc<dyn controllers::snapshot::SnapshotBackend> =
+            Arc::new(adapters::PoolBackend(pools.clone()));
+        rt.register(Arc::new(vmsnapshot::SnapshotReconciler {
+            ctx: ctx.clone(),
+            guest: guest.clone(),
+            backend: backend.clone(),
+            metrics: metrics.clone(),
+        }));
+        rt.register(Arc::new(content::ContentReconciler {
+            ctx: ctx.clone(),
+            backend: backend.clone(),
+        }));
+        rt.register(Arc::new(restore::RestoreReconciler {
+            ctx: ctx.clone(),
+            guest,
+            metrics: metrics.clone(),
+        }));
+        rt.register(Arc::new(controllers::clone::CloneReconciler {
+            ctx: ctx.clone(),
+            backend,
+            metrics: metrics.clone(),
+        }));
+        hooks.push(Arc::new(SnapshotAdmission));
+    }
     // --- end snapshot ---
     let _ = &ctx;
     rt.start();
@@ -84,6 +184,33 @@ async fn serve(
     .await
 }
 
+/// Snapshot-era admission rules (VM locks, one restore per target) behind the API server's
+/// hook interface.
+struct SnapshotAdmission;
+
+impl apiserver::AdmissionHook for SnapshotAdmission {
+    fn admit(
+        &self,
+        req: &apiserver::AdmissionRequest<'_>,
+        _object: Option<&mut serde_json::Value>,
+    ) -> api::Result<()> {
+        use controllers::snapshot::admission::{check, Op};
+        let op = match req.operation {
+            apiserver::Operation::Create => Op::Create,
+            apiserver::Operation::Update => Op::Update,
+            apiserver::Operation::Delete => Op::Delete,
+        };
+        check(
+            req.store,
+            req.resource.kind,
+            op,
+            req.subresource == Some("status"),
+            req.object,
+            req.old,
+        )
+    }
+}
+
 pub fn bench(what: &str, dir: Option<PathBuf>) -> api::Result<()> {
     let tmp;
     let dir: &Path = match &dir {
@@ -100,8 +227,25 @@ pub fn bench(what: &str, dir: Option<PathBuf>) -> api::Result<()> {
             println!("{report}");
             Ok(())
         }
+        // --- vm bench ---
+        "vm" => {
+            // Boot-to-agent and 20 freeze/thaw round trips on the real guest image; the
+            // accelerator comes from $VMSNAP_ACCEL (kvm, tcg or auto; default auto).
+            let mode: controllers::vm::AccelMode = std::env::var("VMSNAP_ACCEL")
+                .unwrap_or_else(|_| "auto".into())
+                .parse()
+                .map_err(|e| Error::bad_request(format!("VMSNAP_ACCEL: {e}")))?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))?;
+            let guest = crate::vm_cli::ensure_guest_image()?;
+            rt.block_on(controllers::vm::bench(&guest, dir, mode))?;
+            Ok(())
+        }
+        // --- end vm bench ---
         other => Err(Error::bad_request(format!(
-            "unknown benchmark {other:?} (try: store)"
+            "unknown benchmark {other:?} (try: store, vm)"
         ))),
     }
 }

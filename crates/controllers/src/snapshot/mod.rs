@@ -5,6 +5,7 @@
 //! The controllers reach the guest and the storage through the two small traits below, so the
 //! freeze-snapshot-thaw sequence runs in one task with no controller hop inside the freeze.
 
+pub mod adapters;
 pub mod admission;
 pub mod content;
 pub mod restore;

@@ -150,6 +150,21 @@ impl RestoreReconciler {
             }
             match ignore_not_found(self.store().get(pvc_res(), ns, claim))? {
                 Some(p) => {
+                    // A claim made by a DataVolume goes with it, or the DataVolume would
+                    // provision it again.
+                    let dv_owner = p["metadata"]["ownerReferences"]
+                        .as_array()
+                        .and_then(|rs| rs.iter().find(|r| r["kind"] == "DataVolume"))
+                        .and_then(|r| r["name"].as_str())
+                        .map(String::from);
+                    if let Some(dv) = dv_owner {
+                        let dvres = by_plural("cdi.kubevirt.io", "datavolumes").expect("registered");
+                        if let Some(d) = ignore_not_found(self.store().get(dvres, ns, &dv))? {
+                            if !meta::is_deleting(&d) {
+                                self.store().delete(dvres, ns, &dv, &Default::default())?;
+                            }
+                        }
+                    }
                     if !meta::is_deleting(&p) {
                         self.store()
                             .delete(pvc_res(), ns, claim, &Default::default())?;
