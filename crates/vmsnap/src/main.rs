@@ -6,6 +6,7 @@ mod kubectl;
 mod serve;
 mod snap_cli;
 mod storage_cli;
+mod vm_actions;
 mod vm_cli;
 
 use clap::Parser;

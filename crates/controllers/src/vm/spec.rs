@@ -353,7 +353,10 @@ pub fn plan(
                 )));
             }
             let path = run_dir.join(format!("ephemeral-{}.img", v.name));
-            ephemeral.push((path.clone(), EphemeralSource::CopyOf(guest_dir.join("rootfs.img"))));
+            ephemeral.push((
+                path.clone(),
+                EphemeralSource::CopyOf(guest_dir.join("rootfs.img")),
+            ));
             disks.push(Disk {
                 path,
                 format: DiskFormat::Raw,
@@ -383,7 +386,11 @@ pub fn plan(
     let kernel = match &firmware.kernel_boot {
         None => None,
         Some(kb) => {
-            let image = kb.container.as_ref().map(|c| c.image.as_str()).unwrap_or("");
+            let image = kb
+                .container
+                .as_ref()
+                .map(|c| c.image.as_str())
+                .unwrap_or("");
             if image != GUEST_KERNEL_IMAGE {
                 return Err(unsupported(format!(
                     "kernelBoot image {image:?} cannot be pulled; vmsnap provides only {GUEST_KERNEL_IMAGE:?}"
@@ -458,11 +465,13 @@ impl LaunchPlan {
 
 /// A resolver that knows no claims, for runtimes without storage.
 pub fn no_volumes() -> Arc<dyn VolumeResolver> {
-    Arc::new(|ns: &str, claim: &str| -> api::Result<storage::Attachment> {
-        Err(Error::not_found(format!(
-            "persistentvolumeclaim {ns}/{claim} has no volume: no storage pools are configured"
-        )))
-    })
+    Arc::new(
+        |ns: &str, claim: &str| -> api::Result<storage::Attachment> {
+            Err(Error::not_found(format!(
+                "persistentvolumeclaim {ns}/{claim} has no volume: no storage pools are configured"
+            )))
+        },
+    )
 }
 
 #[cfg(test)]
@@ -472,8 +481,14 @@ mod tests {
 
     #[test]
     fn identity_is_stable_and_distinct() {
-        assert_eq!(generated_mac("u1", "default"), generated_mac("u1", "default"));
-        assert_ne!(generated_mac("u1", "default"), generated_mac("u2", "default"));
+        assert_eq!(
+            generated_mac("u1", "default"),
+            generated_mac("u1", "default")
+        );
+        assert_ne!(
+            generated_mac("u1", "default"),
+            generated_mac("u2", "default")
+        );
         let u = generated_uuid("u1");
         assert_eq!(u, generated_uuid("u1"));
         assert_ne!(u, generated_uuid("u2"));

@@ -194,11 +194,17 @@ impl Drop for Server {
 
 /// QEMU processes outlive the daemon by design; a finished test must stop its own.
 pub fn kill_qemus_under(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
     let needle = dir.to_string_lossy().into_owned();
     for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
         let cmd = String::from_utf8_lossy(&cmd);
         if cmd.contains("qemu-system") && cmd.contains(&needle) {
             let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
@@ -208,7 +214,9 @@ pub fn kill_qemus_under(dir: &Path) {
 
 /// Loop-mounted pools under a test's data dir are unmounted so loop devices are not leaked.
 pub fn unmount_under(dir: &Path) {
-    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else { return };
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
     let Ok(base) = dir.canonicalize() else { return };
     let base = base.to_string_lossy().into_owned();
     let mut points: Vec<String> = text
@@ -224,4 +232,161 @@ pub fn unmount_under(dir: &Path) {
 
 pub fn seeds_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/seeds")
+}
+
+// --- VM test helpers (issue 3) ---
+
+/// A server for VM tests (its QEMU processes are killed when the server is dropped).
+pub struct VmHost {
+    pub server: Server,
+}
+
+impl std::ops::Deref for VmHost {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for VmHost {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.server
+    }
+}
+
+impl VmHost {
+    /// A server that runs VMs under TCG (KVM hangs on the test machines).
+    pub fn start() -> VmHost {
+        let dir = virt_guest_dir();
+        for f in ["vmlinuz", "initrd.img", "rootfs.img"] {
+            assert!(
+                dir.join(f).is_file(),
+                "guest image missing: {} (run scripts/build-guest.sh)",
+                dir.join(f).display()
+            );
+        }
+        VmHost {
+            server: Server::start_with(&["--accel", "tcg"]),
+        }
+    }
+
+    fn vm_res(kind: &str) -> &'static api::Resource {
+        api::registry::by_plural("kubevirt.io", kind).expect("registered")
+    }
+
+    pub fn vm(&self, ns: &str, name: &str) -> Value {
+        self.client()
+            .get(Self::vm_res("virtualmachines"), ns, name)
+            .expect("get vm")
+    }
+
+    pub fn vmi(&self, ns: &str, name: &str) -> Option<Value> {
+        self.client()
+            .get(Self::vm_res("virtualmachineinstances"), ns, name)
+            .ok()
+    }
+
+    /// Calls a `subresources.kubevirt.io` action on a VM.
+    pub fn action(&self, ns: &str, name: &str, action: &str, body: Value) -> api::Result<Value> {
+        self.client().request(
+            "PUT",
+            &format!(
+                "/apis/subresources.kubevirt.io/v1/namespaces/{ns}/virtualmachines/{name}/{action}"
+            ),
+            Some(&body),
+        )
+    }
+
+    /// Runs `sh -c script` in the guest: (exit code, stdout, stderr).
+    pub fn sh(&self, ns: &str, name: &str, script: &str) -> (i64, String, String) {
+        let out = self
+            .action(
+                ns,
+                name,
+                "guest-exec",
+                serde_json::json!({"command": ["/bin/sh", "-c", script], "timeoutSeconds": 60}),
+            )
+            .unwrap_or_else(|e| panic!("guest-exec {script:?}: {e:?}\n{}", self.log()));
+        (
+            out["exitCode"].as_i64().unwrap_or(-1),
+            out["stdout"].as_str().unwrap_or("").to_string(),
+            out["stderr"].as_str().unwrap_or("").to_string(),
+        )
+    }
+
+    /// Polls `f` until it returns Some, failing with `what` and the server log after `limit`.
+    pub fn wait_for<T>(&self, what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let start = Instant::now();
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "timed out after {limit:?} waiting for {what}\n--- server log ---\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Waits for the VM's condition `ty` to be True; returns the VM.
+    pub fn wait_condition(&self, ns: &str, name: &str, ty: &str, limit: Duration) -> Value {
+        self.wait_for(&format!("{ns}/{name} {ty}=True"), limit, || {
+            let vm = self.vm(ns, name);
+            (api::condition(&vm, ty) == Some(true)).then_some(vm)
+        })
+    }
+
+    pub fn apply_json(&self, ns: &str, obj: &Value) {
+        let out = self.kubectl_stdin(&["apply", "-n", ns, "-f", "-"], Some(&obj.to_string()));
+        assert!(
+            out.status.success(),
+            "kubectl apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// The guest image directory the server uses.
+pub fn virt_guest_dir() -> PathBuf {
+    std::env::var_os("VMSNAP_GUEST_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/vmsnap/guest"))
+}
+
+/// A VirtualMachine in KubeVirt's dialect booting the guest kernel, with `volume` as its
+/// root disk, 1 vCPU and 256 MiB.
+pub fn guest_vm(name: &str, run_strategy: &str, volume: Value) -> Value {
+    serde_json::json!({
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": name},
+        "spec": {
+            "runStrategy": run_strategy,
+            "template": {
+                "metadata": {"labels": {"kubevirt.io/domain": name}},
+                "spec": {
+                    "domain": {
+                        "cpu": {"cores": 1},
+                        "memory": {"guest": "256Mi"},
+                        "firmware": {
+                            "kernelBoot": {
+                                "kernelArgs": "console=ttyS0 root=/dev/vda rw quiet",
+                                "container": {"image": "vmsnap.io/guest-kernel"}
+                            }
+                        },
+                        "devices": {
+                            "disks": [{"name": "rootdisk", "disk": {"bus": "virtio"}}],
+                            "interfaces": [{"name": "default", "masquerade": {}}]
+                        }
+                    },
+                    "networks": [{"name": "default", "pod": {}}],
+                    "terminationGracePeriodSeconds": 20,
+                    "volumes": [volume]
+                }
+            }
+        }
+    })
 }
