@@ -31,7 +31,7 @@ fn lab_vm(h: &VmHost, name: &str) {
     h.wait_condition(NS, name, "AgentConnected", Duration::from_secs(60));
     // /data is mounted once the data disk is formatted by the guest's init.
     h.wait_for("/data mounted", Duration::from_secs(30), || {
-        let (code, _, _) = h.sh(NS, name, "mountpoint -q /data");
+        let (code, _, _) = h.sh(NS, name, "grep -q /data /proc/mounts");
         (code == 0).then_some(())
     });
 }
@@ -53,7 +53,7 @@ fn start(h: &VmHost, name: &str) {
     assert!(out.status.success(), "start: {}", String::from_utf8_lossy(&out.stderr));
     h.wait_condition(NS, name, "AgentConnected", Duration::from_secs(60));
     h.wait_for("/data mounted", Duration::from_secs(30), || {
-        let (code, _, _) = h.sh(NS, name, "mountpoint -q /data");
+        let (code, _, _) = h.sh(NS, name, "grep -q /data /proc/mounts");
         (code == 0).then_some(())
     });
 }
