@@ -174,11 +174,8 @@ fn parse_target(path: &str) -> Result<Target, Error> {
 async fn handle(state: Arc<State>, req: Request) -> Response {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
-    match (method.clone(), path.as_str()) {
-        (Method::GET, "/healthz" | "/readyz" | "/livez") => {
-            return (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response()
-        }
-        _ => {}
+    if method == Method::GET && matches!(path.as_str(), "/healthz" | "/readyz" | "/livez") {
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain")], "ok").into_response();
     }
     if !authorized(req.headers(), &state.token) {
         return error_response(&unauthorized());

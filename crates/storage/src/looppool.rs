@@ -14,7 +14,10 @@ fn io(context: String) -> impl FnOnce(std::io::Error) -> Error {
 fn run(cmd: &mut Command, tool: &'static str) -> Result<()> {
     let out = cmd.output().map_err(io(format!("run {tool}")))?;
     if !out.status.success() {
-        return Err(Error::Tool { tool, message: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(Error::Tool {
+            tool,
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -49,8 +52,13 @@ pub fn ensure_loop_btrfs(dir: &Path, size: u64) -> Result<bool> {
     if is_mount_point(dir) {
         return Ok(true);
     }
-    let root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
-    let have_mkfs = Command::new("mkfs.btrfs").arg("--version").output().is_ok_and(|o| o.status.success());
+    let root = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false);
+    let have_mkfs = Command::new("mkfs.btrfs")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !root || !have_mkfs {
         return Ok(false);
     }
@@ -58,12 +66,22 @@ pub fn ensure_loop_btrfs(dir: &Path, size: u64) -> Result<bool> {
     if !img.exists() {
         let tmp = img.with_extension("img.tmp");
         let f = std::fs::File::create(&tmp).map_err(io(format!("create {}", tmp.display())))?;
-        f.set_len(size).map_err(io(format!("size {}", tmp.display())))?;
+        f.set_len(size)
+            .map_err(io(format!("size {}", tmp.display())))?;
         drop(f);
-        run(Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(&tmp), "mkfs.btrfs")?;
+        run(
+            Command::new("mkfs.btrfs").arg("-q").arg("-f").arg(&tmp),
+            "mkfs.btrfs",
+        )?;
         std::fs::rename(&tmp, &img).map_err(io(format!("rename {}", tmp.display())))?;
     }
-    run(Command::new("mount").args(["-o", "loop,discard"]).arg(&img).arg(dir), "mount")?;
+    run(
+        Command::new("mount")
+            .args(["-o", "loop,discard"])
+            .arg(&img)
+            .arg(dir),
+        "mount",
+    )?;
     Ok(true)
 }
 
@@ -81,11 +99,17 @@ pub fn unmount(dir: &Path) -> Result<()> {
 pub fn prepare_default_pool(pool_dir: &Path) -> Result<&'static str> {
     let img = image_path(pool_dir);
     if img.exists() {
-        return Ok(if ensure_loop_btrfs(pool_dir, 0)? { "mounted" } else { "unavailable" });
+        return Ok(if ensure_loop_btrfs(pool_dir, 0)? {
+            "mounted"
+        } else {
+            "unavailable"
+        });
     }
     let parent = pool_dir.parent().unwrap_or(pool_dir);
     std::fs::create_dir_all(parent).map_err(io(format!("create {}", parent.display())))?;
-    let in_use = std::fs::read_dir(pool_dir).map(|mut d| d.next().is_some()).unwrap_or(false);
+    let in_use = std::fs::read_dir(pool_dir)
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
     if in_use || crate::detect_best(parent) != "qcow2" {
         return Ok("native");
     }
@@ -96,5 +120,9 @@ pub fn prepare_default_pool(pool_dir: &Path) -> Result<&'static str> {
     if size < (2 << 30) {
         return Ok("native");
     }
-    Ok(if ensure_loop_btrfs(pool_dir, size)? { "created" } else { "unavailable" })
+    Ok(if ensure_loop_btrfs(pool_dir, size)? {
+        "created"
+    } else {
+        "unavailable"
+    })
 }

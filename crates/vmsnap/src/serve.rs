@@ -65,7 +65,9 @@ async fn serve(
     if std::env::var_os("VMSNAP_PLAIN_DEFAULT_POOL").is_none() {
         match storage::looppool::prepare_default_pool(&data_dir.join("pools/default")) {
             Ok(what) => tracing::info!(what, "default pool prepared"),
-            Err(e) => tracing::warn!(error = %e, "no loop-backed default pool; using the data dir's filesystem"),
+            Err(e) => {
+                tracing::warn!(error = %e, "no loop-backed default pool; using the data dir's filesystem")
+            }
         }
     }
     // --- storage ---
@@ -112,9 +114,9 @@ async fn serve(
     }
     // --- end storage ---
     // --- vm ---
-    let accel_mode: controllers::vm::AccelMode = accel.parse().map_err(|e| {
-        Error::bad_request(format!("--accel: {e}"))
-    })?;
+    let accel_mode: controllers::vm::AccelMode = accel
+        .parse()
+        .map_err(|e| Error::bad_request(format!("--accel: {e}")))?;
     let vm_runtime = controllers::vm::VmRuntime::start(
         &ctx,
         controllers::vm::RuntimeOptions {

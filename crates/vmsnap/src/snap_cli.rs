@@ -65,7 +65,13 @@ pub struct RestoreArgs {
 pub fn run(c: &Client, cmd: SnapCmd) -> Result<()> {
     match cmd {
         SnapCmd::Snapshot { cmd } => match cmd {
-            SnapshotCmd::Create { vm, name, deadline, retain, wait } => create(c, &vm, name, deadline, retain, wait),
+            SnapshotCmd::Create {
+                vm,
+                name,
+                deadline,
+                retain,
+                wait,
+            } => create(c, &vm, name, deadline, retain, wait),
             SnapshotCmd::List { vm } => list(c, vm.as_deref()),
             SnapshotCmd::Delete { name } => {
                 let res = lookup("vmsnapshot").expect("registered");
@@ -80,7 +86,10 @@ pub fn run(c: &Client, cmd: SnapCmd) -> Result<()> {
 
 fn spinner(msg: &str) -> ProgressBar {
     let pb = ProgressBar::new_spinner();
-    pb.set_style(ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
     pb.enable_steady_tick(Duration::from_millis(100));
     pb.set_message(msg.to_string());
     pb
@@ -90,7 +99,13 @@ fn condition_message(o: &Value, ty: &str) -> String {
     o["status"]["conditions"]
         .as_array()
         .and_then(|cs| cs.iter().find(|c| c["type"] == ty))
-        .map(|c| format!("{}: {}", c["reason"].as_str().unwrap_or(""), c["message"].as_str().unwrap_or("")))
+        .map(|c| {
+            format!(
+                "{}: {}",
+                c["reason"].as_str().unwrap_or(""),
+                c["message"].as_str().unwrap_or("")
+            )
+        })
         .unwrap_or_default()
 }
 
@@ -99,19 +114,47 @@ fn follow(c: &Client, kind: &str, name: &str, what: &str) -> Result<Value> {
     let res = lookup(kind).expect("registered");
     let pb = spinner(&format!("{what} {name}: starting"));
     let pb2 = pb.clone();
-    let out = crate::kubectl::wait_for(c, res, &c.namespace, name, Duration::from_secs(600), move |o| {
-        let phase = o["status"]["phase"].as_str().unwrap_or(if o["status"]["complete"] == true { "Complete" } else { "InProgress" });
-        pb2.set_message(format!("{what} {name}: {phase} — {}", condition_message(o, "Progressing")));
-        api::condition(o, "Ready") == Some(true) || api::condition(o, "Failure") == Some(true) || o["status"]["phase"] == "Failed"
-    });
+    let out = crate::kubectl::wait_for(
+        c,
+        res,
+        &c.namespace,
+        name,
+        Duration::from_secs(600),
+        move |o| {
+            let phase =
+                o["status"]["phase"]
+                    .as_str()
+                    .unwrap_or(if o["status"]["complete"] == true {
+                        "Complete"
+                    } else {
+                        "InProgress"
+                    });
+            pb2.set_message(format!(
+                "{what} {name}: {phase} — {}",
+                condition_message(o, "Progressing")
+            ));
+            api::condition(o, "Ready") == Some(true)
+                || api::condition(o, "Failure") == Some(true)
+                || o["status"]["phase"] == "Failed"
+        },
+    );
     pb.finish_and_clear();
     out
 }
 
-fn create(c: &Client, vm: &str, name: Option<String>, deadline: Option<String>, retain: bool, wait: bool) -> Result<()> {
+fn create(
+    c: &Client,
+    vm: &str,
+    name: Option<String>,
+    deadline: Option<String>,
+    retain: bool,
+    wait: bool,
+) -> Result<()> {
     let res = lookup("vmsnapshot").expect("registered");
-    let name = name.unwrap_or_else(|| format!("{vm}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")));
-    let mut spec = json!({"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": vm}});
+    let name =
+        name.unwrap_or_else(|| format!("{vm}-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")));
+    let mut spec =
+        json!({"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": vm}});
     if let Some(d) = deadline {
         spec["failureDeadline"] = json!(d);
     }
@@ -130,17 +173,54 @@ fn create(c: &Client, vm: &str, name: Option<String>, deadline: Option<String>, 
 
 fn print_snapshot_result(o: &Value) -> Result<()> {
     let st = &o["status"];
-    let inds: Vec<&str> = st["indications"].as_array().into_iter().flatten().filter_map(|i| i.as_str()).collect();
+    let inds: Vec<&str> = st["indications"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| i.as_str())
+        .collect();
     println!("phase:       {}", st["phase"].as_str().unwrap_or("?"));
-    println!("indications: {}", if inds.is_empty() { "offline".into() } else { inds.join(", ") });
+    println!(
+        "indications: {}",
+        if inds.is_empty() {
+            "offline".into()
+        } else {
+            inds.join(", ")
+        }
+    );
     if let Some(w) = st["freezeWindow"].as_str() {
-        println!("guest held:  {w} ({})", st["quiesce"]["method"].as_str().unwrap_or(""));
+        println!(
+            "guest held:  {w} ({})",
+            st["quiesce"]["method"].as_str().unwrap_or("")
+        );
     }
-    let inc: Vec<&str> = st["snapshotVolumes"]["includedVolumes"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
-    let exc: Vec<&str> = st["snapshotVolumes"]["excludedVolumes"].as_array().into_iter().flatten().filter_map(|v| v.as_str()).collect();
-    println!("volumes:     {} included, {} excluded{}", inc.len(), exc.len(), if exc.is_empty() { String::new() } else { format!(" ({})", exc.join(", ")) });
+    let inc: Vec<&str> = st["snapshotVolumes"]["includedVolumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
+    let exc: Vec<&str> = st["snapshotVolumes"]["excludedVolumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.as_str())
+        .collect();
+    println!(
+        "volumes:     {} included, {} excluded{}",
+        inc.len(),
+        exc.len(),
+        if exc.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", exc.join(", "))
+        }
+    );
     if st["phase"] == "Failed" {
-        return Err(Error::internal(format!("snapshot failed: {}", st["error"]["message"].as_str().unwrap_or(""))));
+        return Err(Error::internal(format!(
+            "snapshot failed: {}",
+            st["error"]["message"].as_str().unwrap_or("")
+        )));
     }
     Ok(())
 }
@@ -150,20 +230,39 @@ fn list(c: &Client, vm: Option<&str>) -> Result<()> {
     let l = c.list(res, Some(&c.namespace), None)?;
     let mut t = comfy_table::Table::new();
     t.load_preset(comfy_table::presets::NOTHING);
-    t.set_header(["NAME", "VM", "PHASE", "READY", "INDICATIONS", "GUEST HELD", "AGE"]);
+    t.set_header([
+        "NAME",
+        "VM",
+        "PHASE",
+        "READY",
+        "INDICATIONS",
+        "GUEST HELD",
+        "AGE",
+    ]);
     for s in l["items"].as_array().into_iter().flatten() {
         let src = s["spec"]["source"]["name"].as_str().unwrap_or("");
         if vm.is_some_and(|v| v != src) {
             continue;
         }
-        let inds: Vec<&str> = s["status"]["indications"].as_array().into_iter().flatten().filter_map(|i| i.as_str()).collect();
+        let inds: Vec<&str> = s["status"]["indications"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.as_str())
+            .collect();
         t.add_row([
             meta::name(s).to_string(),
             src.to_string(),
             s["status"]["phase"].as_str().unwrap_or("").to_string(),
-            s["status"]["readyToUse"].as_bool().unwrap_or(false).to_string(),
+            s["status"]["readyToUse"]
+                .as_bool()
+                .unwrap_or(false)
+                .to_string(),
             inds.join(","),
-            s["status"]["freezeWindow"].as_str().unwrap_or("-").to_string(),
+            s["status"]["freezeWindow"]
+                .as_str()
+                .unwrap_or("-")
+                .to_string(),
             meta::age(s["metadata"]["creationTimestamp"].as_str().unwrap_or("")),
         ]);
     }
@@ -174,7 +273,12 @@ fn list(c: &Client, vm: Option<&str>) -> Result<()> {
 fn restore(c: &Client, a: RestoreArgs) -> Result<()> {
     let res = lookup("vmrestore").expect("registered");
     let target = a.target.clone().unwrap_or_else(|| a.vm.clone());
-    let name = a.name.clone().unwrap_or_else(|| format!("{target}-restore-{}", chrono::Utc::now().format("%Y%m%d-%H%M%S")));
+    let name = a.name.clone().unwrap_or_else(|| {
+        format!(
+            "{target}-restore-{}",
+            chrono::Utc::now().format("%Y%m%d-%H%M%S")
+        )
+    });
     let mut spec = json!({
         "target": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": target},
         "virtualMachineSnapshotName": a.snapshot,
@@ -193,11 +297,21 @@ fn restore(c: &Client, a: RestoreArgs) -> Result<()> {
     }
     let o = follow(c, "vmrestore", &name, "restore")?;
     if api::condition(&o, "Failure") == Some(true) {
-        return Err(Error::internal(format!("restore failed: {}", condition_message(&o, "Failure"))));
+        return Err(Error::internal(format!(
+            "restore failed: {}",
+            condition_message(&o, "Failure")
+        )));
     }
     for r in o["status"]["restores"].as_array().into_iter().flatten() {
-        println!("volume {:<12} -> claim {}", r["volumeName"].as_str().unwrap_or(""), r["persistentVolumeClaim"].as_str().unwrap_or(""));
+        println!(
+            "volume {:<12} -> claim {}",
+            r["volumeName"].as_str().unwrap_or(""),
+            r["persistentVolumeClaim"].as_str().unwrap_or("")
+        );
     }
-    println!("restore complete: VirtualMachine {target} now matches snapshot {}", a.snapshot);
+    println!(
+        "restore complete: VirtualMachine {target} now matches snapshot {}",
+        a.snapshot
+    );
     Ok(())
 }

@@ -78,20 +78,17 @@ fn vmsnap_cli_verbs_work_like_kubectl() {
     assert_eq!(v["spec"]["failureDeadline"], "2m");
     assert_eq!(v["metadata"]["generation"], 2);
 
-    // wait sees a condition set through the status subresource.
-    let res = api::registry::lookup("vmsnapshot").unwrap();
-    let c = s.client();
-    let mut cur = c.get(res, "default", "snap-larry").unwrap();
-    cur["status"] = json!({"conditions": [{"type": "Ready", "status": "True", "reason": "T", "message": "", "lastTransitionTime": api::meta::now_rfc3339(), "lastProbeTime": null}]});
-    c.update_status(res, "default", &cur).unwrap();
+    // wait follows a condition a controller sets (the KubeVirt object becomes Available).
     let out = ok(s.vmsnap(&[
         "wait",
-        "vmsnapshot",
-        "snap-larry",
+        "kubevirt",
+        "kubevirt",
+        "-n",
+        "kubevirt",
         "--for",
-        "condition=Ready",
+        "condition=Available",
         "--timeout",
-        "5s",
+        "10s",
     ]));
     assert!(out.contains("condition met"), "{out}");
     // A condition that never comes times out with an error.

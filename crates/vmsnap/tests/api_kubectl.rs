@@ -455,7 +455,7 @@ fn bad_input_is_rejected_with_status_and_changes_nothing() {
 #[test]
 fn acknowledged_writes_survive_sigkill_and_watch_resumes() {
     // A short event history, so that the test can also push a revision out of it.
-    let mut s = Server::start_with(&["--retain-events", "120"]);
+    let mut s = Server::start_with(&["--retain-events", "400"]);
     let c = s.client();
     let res = api::registry::lookup("vmsnapshot").unwrap();
     let from = s.revision();
@@ -507,7 +507,7 @@ fn acknowledged_writes_survive_sigkill_and_watch_resumes() {
     assert_eq!(unique.len(), seen.len(), "an event was replayed twice");
 
     // Once the history moves past `from`, resuming from it gets 410 Expired.
-    for i in 0..150 {
+    for i in 0..500 {
         let obj = json!({"apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineSnapshot", "metadata": {"name": format!("later-{i}")}, "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": "vm"}}});
         c.create(res, "default", &obj).unwrap();
     }

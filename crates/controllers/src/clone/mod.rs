@@ -8,7 +8,9 @@ pub mod seal;
 use crate::context::Context;
 use crate::events::EventType;
 use crate::metrics::{self, Metrics};
-use crate::runtime::{ignore_not_found, update_status_with, update_with, Action, ObjectKey, Reconciler};
+use crate::runtime::{
+    ignore_not_found, update_status_with, update_with, Action, ObjectKey, Reconciler,
+};
 use crate::snapshot::restore::restore_res;
 use crate::snapshot::vmsnapshot::{pvc_res, snapshot_res, vm_res, vm_volumes};
 use crate::snapshot::{Eligibility, SnapshotBackend};
@@ -66,7 +68,10 @@ pub fn filter_keeps(filters: Option<&Vec<Value>>, key: &str) -> bool {
 /// A locally administered unicast MAC, unique enough for clones on one host.
 pub fn random_mac() -> String {
     let b: [u8; 5] = rand::random();
-    format!("02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", b[0], b[1], b[2], b[3], b[4])
+    format!(
+        "02:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+        b[0], b[1], b[2], b[3], b[4]
+    )
 }
 
 fn escape_pointer(s: &str) -> String {
@@ -78,24 +83,50 @@ fn escape_pointer(s: &str) -> String {
 pub fn identity_patches(clone: &Value, source_vm: &Value) -> Vec<String> {
     let spec = &clone["spec"];
     let mut p: Vec<Value> = Vec::new();
-    let ifaces = source_vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"].as_array().cloned().unwrap_or_default();
+    let ifaces = source_vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
     for (i, iface) in ifaces.iter().enumerate() {
         let name = iface["name"].as_str().unwrap_or("");
-        let mac = spec["newMacAddresses"][name].as_str().map(|m| m.replace('-', ":").to_lowercase()).unwrap_or_else(random_mac);
+        let mac = spec["newMacAddresses"][name]
+            .as_str()
+            .map(|m| m.replace('-', ":").to_lowercase())
+            .unwrap_or_else(random_mac);
         p.push(json!({"op": "add", "path": format!("/spec/template/spec/domain/devices/interfaces/{i}/macAddress"), "value": mac}));
     }
     if source_vm["spec"]["template"]["spec"]["domain"]["firmware"].is_null() {
         p.push(json!({"op": "add", "path": "/spec/template/spec/domain/firmware", "value": {}}));
     }
-    let serial = spec["newSMBiosSerial"].as_str().map(String::from).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
-    p.push(json!({"op": "add", "path": "/spec/template/spec/domain/firmware/serial", "value": serial}));
+    let serial = spec["newSMBiosSerial"]
+        .as_str()
+        .map(String::from)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    p.push(
+        json!({"op": "add", "path": "/spec/template/spec/domain/firmware/serial", "value": serial}),
+    );
     p.push(json!({"op": "add", "path": "/spec/template/spec/domain/firmware/uuid", "value": uuid::Uuid::new_v4().to_string()}));
     for (meta_path, obj_meta, filter_field) in [
-        ("/metadata", &source_vm["metadata"], (&spec["labelFilters"], &spec["annotationFilters"])),
-        ("/spec/template/metadata", &source_vm["spec"]["template"]["metadata"], (&spec["template"]["labelFilters"], &spec["template"]["annotationFilters"])),
+        (
+            "/metadata",
+            &source_vm["metadata"],
+            (&spec["labelFilters"], &spec["annotationFilters"]),
+        ),
+        (
+            "/spec/template/metadata",
+            &source_vm["spec"]["template"]["metadata"],
+            (
+                &spec["template"]["labelFilters"],
+                &spec["template"]["annotationFilters"],
+            ),
+        ),
     ] {
         for (field, filters) in [("labels", filter_field.0), ("annotations", filter_field.1)] {
-            for k in obj_meta[field].as_object().into_iter().flat_map(|m| m.keys()) {
+            for k in obj_meta[field]
+                .as_object()
+                .into_iter()
+                .flat_map(|m| m.keys())
+            {
                 if !filter_keeps(filters.as_array(), k) {
                     p.push(json!({"op": "remove", "path": format!("{meta_path}/{field}/{}", escape_pointer(k))}));
                 }
@@ -116,7 +147,8 @@ fn apply_patches(obj: &mut Value, patches: &[String]) -> Result<(), String> {
         let patch: json_patch::Patch = serde_json::from_str(text)
             .or_else(|_| serde_json::from_str(&format!("[{text}]")))
             .map_err(|e| format!("patch {text:?} is not a JSON patch: {e}"))?;
-        json_patch::patch(obj, &patch).map_err(|e| format!("patch {text:?} could not be applied: {e}"))?;
+        json_patch::patch(obj, &patch)
+            .map_err(|e| format!("patch {text:?} could not be applied: {e}"))?;
     }
     Ok(())
 }
@@ -126,7 +158,13 @@ impl CloneReconciler {
         self.ctx.store.as_ref()
     }
 
-    fn set_phase(&self, key: &ObjectKey, phase: &str, reason: &str, message: &str) -> api::Result<()> {
+    fn set_phase(
+        &self,
+        key: &ObjectKey,
+        phase: &str,
+        reason: &str,
+        message: &str,
+    ) -> api::Result<()> {
         update_status_with(self.store(), clone_res(), key, |o| {
             o["status"]["phase"] = json!(phase);
             set_condition(o, "Progressing", true, reason, message);
@@ -142,8 +180,13 @@ impl CloneReconciler {
             set_condition(o, "Progressing", false, reason, message);
             set_condition(o, "Ready", false, reason, message);
         })?;
-        self.metrics.clones.get_or_create(&metrics::result("failed")).inc();
-        self.ctx.recorder.record(c, EventType::Warning, reason, message);
+        self.metrics
+            .clones
+            .get_or_create(&metrics::result("failed"))
+            .inc();
+        self.ctx
+            .recorder
+            .record(c, EventType::Warning, reason, message);
         Ok(Action::AwaitChange)
     }
 
@@ -178,7 +221,10 @@ impl CloneReconciler {
             let target = c["status"]["targetName"].as_str().unwrap_or("").to_string();
             if let Some(vm) = ignore_not_found(self.store().get(vm_res(), ns, &target))? {
                 let ours = meta::annotation(&vm, CLONED_BY) == Some(meta::uid(c))
-                    || restore.as_ref().is_some_and(|r| meta::annotation(&vm, crate::snapshot::restore::CREATED_BY_RESTORE) == Some(meta::uid(r)));
+                    || restore.as_ref().is_some_and(|r| {
+                        meta::annotation(&vm, crate::snapshot::restore::CREATED_BY_RESTORE)
+                            == Some(meta::uid(r))
+                    });
                 if ours {
                     del(vm_res(), &target, &mut pending)?;
                 }
@@ -190,7 +236,12 @@ impl CloneReconciler {
                     }
                 }
             }
-            for dv in c["status"]["dataVolumes"].as_array().into_iter().flatten().filter_map(|d| d.as_str()) {
+            for dv in c["status"]["dataVolumes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|d| d.as_str())
+            {
                 del(dv_res(), dv, &mut pending)?;
                 del(pvc_res(), dv, &mut pending)?;
             }
@@ -210,7 +261,16 @@ impl CloneReconciler {
             let Some(claim) = v.claim else { continue };
             let (path, format) = self.backend.attachment(ns, &claim)?;
             let r = seal::seal_image(&path, &format)?;
-            tools.push(format!("{}: {} ({})", v.name, r.tool, if r.actions.is_empty() { "nothing to reset".into() } else { r.actions.join(", ") }));
+            tools.push(format!(
+                "{}: {} ({})",
+                v.name,
+                r.tool,
+                if r.actions.is_empty() {
+                    "nothing to reset".into()
+                } else {
+                    r.actions.join(", ")
+                }
+            ));
         }
         Ok(Some(tools.join("; ")))
     }
@@ -225,10 +285,21 @@ impl CloneReconciler {
                     update_status_with(self.store(), clone_res(), &key, |o| {
                         o["status"]["sealed"] = json!(report);
                     })?;
-                    self.ctx.recorder.record(c, EventType::Normal, "Sealed", &format!("guest identity reset: {report}"));
+                    self.ctx.recorder.record(
+                        c,
+                        EventType::Normal,
+                        "Sealed",
+                        &format!("guest identity reset: {report}"),
+                    );
                 }
                 Ok(None) => {}
-                Err(e) => return self.fail(c, "SealFailed", &format!("resetting the clone's guest identity failed: {}", e.message)),
+                Err(e) => {
+                    return self.fail(
+                        c,
+                        "SealFailed",
+                        &format!("resetting the clone's guest identity failed: {}", e.message),
+                    )
+                }
             }
         }
         if self.cleanup_temporaries(c, false)? {
@@ -250,20 +321,49 @@ impl CloneReconciler {
             set_condition(o, "Progressing", false, "Succeeded", "Clone complete");
             set_condition(o, "Ready", true, "Succeeded", "Clone complete");
         })?;
-        self.metrics.clones.get_or_create(&metrics::result("succeeded")).inc();
-        self.ctx.recorder.record(c, EventType::Normal, "CloneSucceeded", &format!("VirtualMachine {target_name:?} created by {strategy}"));
+        self.metrics
+            .clones
+            .get_or_create(&metrics::result("succeeded"))
+            .inc();
+        self.ctx.recorder.record(
+            c,
+            EventType::Normal,
+            "CloneSucceeded",
+            &format!("VirtualMachine {target_name:?} created by {strategy}"),
+        );
         Ok(Action::AwaitChange)
     }
 
-    async fn by_snapshot(&self, c: &Value, source_vm: &Value, target_name: &str) -> api::Result<Action> {
+    async fn by_snapshot(
+        &self,
+        c: &Value,
+        source_vm: &Value,
+        target_name: &str,
+    ) -> api::Result<Action> {
         let key = ObjectKey::of(c);
         let ns = meta::namespace(c);
         let from_snapshot = c["spec"]["source"]["kind"] == "VirtualMachineSnapshot";
-        let snap_name = if from_snapshot { c["spec"]["source"]["name"].as_str().unwrap_or("").to_string() } else { Self::tmp_snapshot(c) };
-        if c["status"]["phase"].as_str().is_none_or(|p| p.is_empty() || p == "SnapshotInProgress") {
+        let snap_name = if from_snapshot {
+            c["spec"]["source"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string()
+        } else {
+            Self::tmp_snapshot(c)
+        };
+        if c["status"]["phase"]
+            .as_str()
+            .is_none_or(|p| p.is_empty() || p == "SnapshotInProgress")
+        {
             let snap = match ignore_not_found(self.store().get(snapshot_res(), ns, &snap_name))? {
                 Some(s) => s,
-                None if from_snapshot => return self.fail(c, "SnapshotDeleted", &format!("source snapshot {snap_name:?} was deleted")),
+                None if from_snapshot => {
+                    return self.fail(
+                        c,
+                        "SnapshotDeleted",
+                        &format!("source snapshot {snap_name:?} was deleted"),
+                    )
+                }
                 None => {
                     let mut s = json!({
                         "apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineSnapshot",
@@ -274,7 +374,9 @@ impl CloneReconciler {
                     let s = api::admit(snapshot_res(), s, api::FieldValidation::Strict)?.object;
                     match self.store().create(snapshot_res(), s) {
                         Ok(s) => s,
-                        Err(e) if e.is(api::ErrorKind::AlreadyExists) => self.store().get(snapshot_res(), ns, &snap_name)?,
+                        Err(e) if e.is(api::ErrorKind::AlreadyExists) => {
+                            self.store().get(snapshot_res(), ns, &snap_name)?
+                        }
                         Err(e) => return Err(e),
                     }
                 }
@@ -283,26 +385,56 @@ impl CloneReconciler {
                 o["status"]["snapshotName"] = json!(snap_name);
             })?;
             if snap["status"]["phase"] == "Failed" {
-                return self.fail(c, "SnapshotFailed", &format!("snapshot {snap_name:?} failed: {}", snap["status"]["error"]["message"].as_str().unwrap_or("")));
+                return self.fail(
+                    c,
+                    "SnapshotFailed",
+                    &format!(
+                        "snapshot {snap_name:?} failed: {}",
+                        snap["status"]["error"]["message"].as_str().unwrap_or("")
+                    ),
+                );
             }
             if snap["status"]["readyToUse"] != true {
-                self.set_phase(&key, "SnapshotInProgress", "SnapshotInProgress", &format!("waiting for snapshot {snap_name:?}"))?;
+                self.set_phase(
+                    &key,
+                    "SnapshotInProgress",
+                    "SnapshotInProgress",
+                    &format!("waiting for snapshot {snap_name:?}"),
+                )?;
                 return Ok(Action::Requeue(Duration::from_millis(200)));
             }
-            self.set_phase(&key, "RestoreInProgress", "RestoreInProgress", "restoring the snapshot into the target")?;
+            self.set_phase(
+                &key,
+                "RestoreInProgress",
+                "RestoreInProgress",
+                "restoring the snapshot into the target",
+            )?;
         }
-        if from_snapshot && ignore_not_found(self.store().get(snapshot_res(), ns, &snap_name))?.is_none() {
-            return self.fail(c, "SnapshotDeleted", &format!("source snapshot {snap_name:?} was deleted"));
+        if from_snapshot
+            && ignore_not_found(self.store().get(snapshot_res(), ns, &snap_name))?.is_none()
+        {
+            return self.fail(
+                c,
+                "SnapshotDeleted",
+                &format!("source snapshot {snap_name:?} was deleted"),
+            );
         }
         let rname = Self::tmp_restore(c);
         let restore = match ignore_not_found(self.store().get(restore_res(), ns, &rname))? {
             Some(r) => r,
             None => {
                 if ignore_not_found(self.store().get(vm_res(), ns, target_name))?.is_some() {
-                    return self.fail(c, "TargetExists", &format!("VirtualMachine {target_name:?} already exists"));
+                    return self.fail(
+                        c,
+                        "TargetExists",
+                        &format!("VirtualMachine {target_name:?} already exists"),
+                    );
                 }
                 let patches = match c["status"]["patches"].as_array() {
-                    Some(p) => p.iter().filter_map(|x| x.as_str().map(String::from)).collect(),
+                    Some(p) => p
+                        .iter()
+                        .filter_map(|x| x.as_str().map(String::from))
+                        .collect(),
                     None => identity_patches(c, source_vm),
                 };
                 let mut vpolicy = "RandomizeNames";
@@ -328,23 +460,44 @@ impl CloneReconciler {
                 })?;
                 match self.store().create(restore_res(), r) {
                     Ok(r) => r,
-                    Err(e) if e.is(api::ErrorKind::AlreadyExists) => self.store().get(restore_res(), ns, &rname)?,
+                    Err(e) if e.is(api::ErrorKind::AlreadyExists) => {
+                        self.store().get(restore_res(), ns, &rname)?
+                    }
                     Err(e) => return Err(e),
                 }
             }
         };
         if api::condition(&restore, "Failure") == Some(true) {
-            let msg = restore["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|x| x["type"] == "Failure")).and_then(|x| x["message"].as_str()).unwrap_or("").to_string();
-            return self.fail(c, "RestoreFailed", &format!("restore into the target failed: {msg}"));
+            let msg = restore["status"]["conditions"]
+                .as_array()
+                .and_then(|cs| cs.iter().find(|x| x["type"] == "Failure"))
+                .and_then(|x| x["message"].as_str())
+                .unwrap_or("")
+                .to_string();
+            return self.fail(
+                c,
+                "RestoreFailed",
+                &format!("restore into the target failed: {msg}"),
+            );
         }
         if restore["status"]["complete"] != true {
             return Ok(Action::Requeue(Duration::from_millis(200)));
         }
-        self.set_phase(&key, "CreatingTargetVM", "CreatingTargetVM", "waiting for the target VM")?;
+        self.set_phase(
+            &key,
+            "CreatingTargetVM",
+            "CreatingTargetVM",
+            "waiting for the target VM",
+        )?;
         if let Some(vm) = ignore_not_found(self.store().get(vm_res(), ns, target_name))? {
             if meta::annotation(&vm, CLONED_BY).is_none() {
                 let uid = meta::uid(c).to_string();
-                update_with(self.store(), vm_res(), &ObjectKey::new(ns, target_name), |o| meta::set_annotation(o, CLONED_BY, &uid))?;
+                update_with(
+                    self.store(),
+                    vm_res(),
+                    &ObjectKey::new(ns, target_name),
+                    |o| meta::set_annotation(o, CLONED_BY, &uid),
+                )?;
             }
         } else {
             return Ok(Action::Requeue(Duration::from_millis(200)));
@@ -352,17 +505,29 @@ impl CloneReconciler {
         self.finish(c, target_name, "snapshot").await
     }
 
-    async fn by_copy(&self, c: &Value, source_vm: &Value, target_name: &str, why: &str) -> api::Result<Action> {
+    async fn by_copy(
+        &self,
+        c: &Value,
+        source_vm: &Value,
+        target_name: &str,
+        why: &str,
+    ) -> api::Result<Action> {
         let key = ObjectKey::of(c);
         let ns = meta::namespace(c);
         if c["status"]["strategy"].is_null() {
             update_status_with(self.store(), clone_res(), &key, |o| {
                 o["status"]["strategy"] = json!("copy");
             })?;
-            self.ctx.recorder.record(c, EventType::Normal, "CloneStrategy", &format!("cloning by host-assisted copy: {why}"));
+            self.ctx.recorder.record(
+                c,
+                EventType::Normal,
+                "CloneStrategy",
+                &format!("cloning by host-assisted copy: {why}"),
+            );
         }
         // A copy of a disk in use would not be consistent: the source must be stopped.
-        let running = ignore_not_found(self.store().get(vmi_res(), ns, meta::name(source_vm)))?.is_some();
+        let running =
+            ignore_not_found(self.store().get(vmi_res(), ns, meta::name(source_vm)))?.is_some();
         let copying_started = c["status"]["dataVolumes"].is_array();
         if running && !copying_started {
             return self.fail(
@@ -377,13 +542,21 @@ impl CloneReconciler {
         let mut all_done = true;
         for v in vm_volumes(&source_vm["spec"]) {
             let Some(claim) = v.claim else { continue };
-            let dv_name = if policy_prefix { format!("{target_name}-{}", v.name) } else { format!("clone-{}-{}", meta::uid(c), v.name) };
+            let dv_name = if policy_prefix {
+                format!("{target_name}-{}", v.name)
+            } else {
+                format!("clone-{}-{}", meta::uid(c), v.name)
+            };
             let dv = match ignore_not_found(self.store().get(dv_res(), ns, &dv_name))? {
                 Some(d) => d,
                 None => {
                     let pvc = self.store().get(pvc_res(), ns, &claim)?;
                     let size = pvc["status"]["capacity"]["storage"].clone();
-                    let size = if size.is_null() { pvc["spec"]["resources"]["requests"]["storage"].clone() } else { size };
+                    let size = if size.is_null() {
+                        pvc["spec"]["resources"]["requests"]["storage"].clone()
+                    } else {
+                        size
+                    };
                     let mut storage = json!({"resources": {"requests": {"storage": size}}});
                     if let Some(sc) = pvc["spec"]["storageClassName"].as_str() {
                         storage["storageClassName"] = json!(sc);
@@ -397,15 +570,32 @@ impl CloneReconciler {
                     let d = api::admit(dv_res(), d, api::FieldValidation::Ignore)?.object;
                     match self.store().create(dv_res(), d) {
                         Ok(d) => d,
-                        Err(e) if e.is(api::ErrorKind::AlreadyExists) => self.store().get(dv_res(), ns, &dv_name)?,
+                        Err(e) if e.is(api::ErrorKind::AlreadyExists) => {
+                            self.store().get(dv_res(), ns, &dv_name)?
+                        }
                         Err(e) => return Err(e),
                     }
                 }
             };
-            let phase = dv["status"]["phase"].as_str().unwrap_or("Pending").to_string();
+            let phase = dv["status"]["phase"]
+                .as_str()
+                .unwrap_or("Pending")
+                .to_string();
             if phase == "Failed" {
-                let msg = dv["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|x| x["type"] == "Running" || x["type"] == "Ready")).and_then(|x| x["message"].as_str()).unwrap_or("").to_string();
-                return self.fail(c, "CopyFailed", &format!("copying volume {:?} failed: {msg}", v.name));
+                let msg = dv["status"]["conditions"]
+                    .as_array()
+                    .and_then(|cs| {
+                        cs.iter()
+                            .find(|x| x["type"] == "Running" || x["type"] == "Ready")
+                    })
+                    .and_then(|x| x["message"].as_str())
+                    .unwrap_or("")
+                    .to_string();
+                return self.fail(
+                    c,
+                    "CopyFailed",
+                    &format!("copying volume {:?} failed: {msg}", v.name),
+                );
             }
             if phase != "Succeeded" {
                 all_done = false;
@@ -416,11 +606,31 @@ impl CloneReconciler {
         let names: Vec<String> = dvs.iter().map(|(_, d)| d.clone()).collect();
         let prog = progress.clone();
         update_status_with(self.store(), clone_res(), &key, |o| {
-            o["status"]["phase"] = json!(if all_done { "CreatingTargetVM" } else { "RestoreInProgress" });
+            o["status"]["phase"] = json!(if all_done {
+                "CreatingTargetVM"
+            } else {
+                "RestoreInProgress"
+            });
             o["status"]["dataVolumes"] = json!(names);
             o["status"]["volumeProgress"] = json!(prog);
-            let msg = prog.iter().map(|p| format!("{} {}", p["volumeName"].as_str().unwrap_or(""), p["progress"].as_str().unwrap_or(""))).collect::<Vec<_>>().join(", ");
-            set_condition(o, "Progressing", true, "HostAssistedCopy", &format!("copying volumes: {msg}"));
+            let msg = prog
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{} {}",
+                        p["volumeName"].as_str().unwrap_or(""),
+                        p["progress"].as_str().unwrap_or("")
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            set_condition(
+                o,
+                "Progressing",
+                true,
+                "HostAssistedCopy",
+                &format!("copying volumes: {msg}"),
+            );
             set_condition(o, "Ready", false, "HostAssistedCopy", "copy in progress");
         })?;
         if !all_done {
@@ -455,7 +665,13 @@ impl CloneReconciler {
             meta::set_annotation(&mut vm, CLONED_BY, meta::uid(c));
             let vm = match api::admit(vm_res(), vm, api::FieldValidation::Strict) {
                 Ok(a) => a.object,
-                Err(e) => return self.fail(c, "InvalidTarget", &format!("the clone's VM is invalid: {}", e.message)),
+                Err(e) => {
+                    return self.fail(
+                        c,
+                        "InvalidTarget",
+                        &format!("the clone's VM is invalid: {}", e.message),
+                    )
+                }
             };
             match self.store().create(vm_res(), vm) {
                 Ok(_) => {}
@@ -495,14 +711,29 @@ impl Reconciler for CloneReconciler {
             let none = meta::FieldSelector::default();
             store
                 .list(clone_res(), Some(meta::namespace(obj)), &all, &none)
-                .map(|l| l.items.iter().filter(|c| c["status"]["phase"] != "Succeeded" && c["status"]["phase"] != "Failed").map(|c| ObjectKey::of(c)).collect())
+                .map(|l| {
+                    l.items
+                        .iter()
+                        .filter(|c| {
+                            c["status"]["phase"] != "Succeeded" && c["status"]["phase"] != "Failed"
+                        })
+                        .map(|c| ObjectKey::of(c))
+                        .collect()
+                })
                 .unwrap_or_default()
         });
-        vec![(vm_res(), f.clone()), (snapshot_res(), f.clone()), (restore_res(), f.clone()), (dv_res(), f)]
+        vec![
+            (vm_res(), f.clone()),
+            (snapshot_res(), f.clone()),
+            (restore_res(), f.clone()),
+            (dv_res(), f),
+        ]
     }
     fn reconcile<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, api::Result<Action>> {
         Box::pin(async move {
-            let Some(c) = ignore_not_found(self.store().get(clone_res(), &key.namespace, &key.name))? else {
+            let Some(c) =
+                ignore_not_found(self.store().get(clone_res(), &key.namespace, &key.name))?
+            else {
                 return Ok(Action::AwaitChange);
             };
             if meta::is_deleting(&c) {
@@ -520,32 +751,68 @@ impl Reconciler for CloneReconciler {
                     meta::add_finalizer(o, CLONE_FINALIZER);
                 })?;
             }
-            if matches!(c["status"]["phase"].as_str(), Some("Succeeded") | Some("Failed")) {
+            if matches!(
+                c["status"]["phase"].as_str(),
+                Some("Succeeded") | Some("Failed")
+            ) {
                 return Ok(Action::AwaitChange);
             }
             let ns = key.namespace.as_str();
             // The source: a VM, or a snapshot (whose content records the VM).
-            let source_kind = c["spec"]["source"]["kind"].as_str().unwrap_or("").to_string();
-            let source_name = c["spec"]["source"]["name"].as_str().unwrap_or("").to_string();
+            let source_kind = c["spec"]["source"]["kind"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
+            let source_name = c["spec"]["source"]["name"]
+                .as_str()
+                .unwrap_or("")
+                .to_string();
             let source_vm: Value = if source_kind == "VirtualMachineSnapshot" {
                 match ignore_not_found(self.store().get(snapshot_res(), ns, &source_name))? {
                     Some(s) => {
-                        let cname = s["status"]["virtualMachineSnapshotContentName"].as_str().unwrap_or("");
-                        match ignore_not_found(self.store().get(crate::snapshot::vmsnapshot::content_res(), ns, cname))? {
+                        let cname = s["status"]["virtualMachineSnapshotContentName"]
+                            .as_str()
+                            .unwrap_or("");
+                        match ignore_not_found(self.store().get(
+                            crate::snapshot::vmsnapshot::content_res(),
+                            ns,
+                            cname,
+                        ))? {
                             Some(content) => content["spec"]["source"]["virtualMachine"].clone(),
                             None => {
-                                self.set_phase(key, "", "SnapshotNotReady", &format!("waiting for snapshot {source_name:?} to be ready"))?;
+                                self.set_phase(
+                                    key,
+                                    "",
+                                    "SnapshotNotReady",
+                                    &format!("waiting for snapshot {source_name:?} to be ready"),
+                                )?;
                                 return Ok(Action::Requeue(Duration::from_millis(500)));
                             }
                         }
                     }
                     None if c["status"]["phase"].is_string() && c["status"]["phase"] != "" => {
-                        return self.fail(&c, "SnapshotDeleted", &format!("source snapshot {source_name:?} was deleted"));
+                        return self.fail(
+                            &c,
+                            "SnapshotDeleted",
+                            &format!("source snapshot {source_name:?} was deleted"),
+                        );
                     }
                     None => {
                         update_status_with(self.store(), clone_res(), key, |o| {
-                            set_condition(o, "Progressing", false, "SourceDoesNotExist", &format!("source snapshot {source_name:?} does not exist"));
-                            set_condition(o, "Ready", false, "SourceDoesNotExist", &format!("source snapshot {source_name:?} does not exist"));
+                            set_condition(
+                                o,
+                                "Progressing",
+                                false,
+                                "SourceDoesNotExist",
+                                &format!("source snapshot {source_name:?} does not exist"),
+                            );
+                            set_condition(
+                                o,
+                                "Ready",
+                                false,
+                                "SourceDoesNotExist",
+                                &format!("source snapshot {source_name:?} does not exist"),
+                            );
                         })?;
                         return Ok(Action::Requeue(Duration::from_secs(2)));
                     }
@@ -555,8 +822,20 @@ impl Reconciler for CloneReconciler {
                     Some(vm) => (*vm).clone(),
                     None => {
                         update_status_with(self.store(), clone_res(), key, |o| {
-                            set_condition(o, "Progressing", false, "SourceDoesNotExist", &format!("source VirtualMachine {source_name:?} does not exist"));
-                            set_condition(o, "Ready", false, "SourceDoesNotExist", &format!("source VirtualMachine {source_name:?} does not exist"));
+                            set_condition(
+                                o,
+                                "Progressing",
+                                false,
+                                "SourceDoesNotExist",
+                                &format!("source VirtualMachine {source_name:?} does not exist"),
+                            );
+                            set_condition(
+                                o,
+                                "Ready",
+                                false,
+                                "SourceDoesNotExist",
+                                &format!("source VirtualMachine {source_name:?} does not exist"),
+                            );
                         })?;
                         return Ok(Action::Requeue(Duration::from_secs(2)));
                     }
@@ -566,10 +845,15 @@ impl Reconciler for CloneReconciler {
             let target_name = match c["status"]["targetName"].as_str() {
                 Some(t) => t.to_string(),
                 None => {
-                    let t = c["spec"]["target"]["name"].as_str().map(String::from).unwrap_or_else(|| {
-                        let suffix: String = (0..5).map(|_| (b'a' + rand::random::<u8>() % 26) as char).collect();
-                        format!("clone-{}-{suffix}", meta::name(&source_vm))
-                    });
+                    let t = c["spec"]["target"]["name"]
+                        .as_str()
+                        .map(String::from)
+                        .unwrap_or_else(|| {
+                            let suffix: String = (0..5)
+                                .map(|_| (b'a' + rand::random::<u8>() % 26) as char)
+                                .collect();
+                            format!("clone-{}-{suffix}", meta::name(&source_vm))
+                        });
                     let t2 = t.clone();
                     update_status_with(self.store(), clone_res(), key, |o| {
                         o["status"]["targetName"] = json!(t2);
@@ -583,7 +867,9 @@ impl Reconciler for CloneReconciler {
                 for v in vm_volumes(&source_vm["spec"]) {
                     let Some(claim) = v.claim else { continue };
                     match self.backend.eligibility(ns, &claim)? {
-                        Eligibility::Yes { restorable: true, .. } => {}
+                        Eligibility::Yes {
+                            restorable: true, ..
+                        } => {}
                         Eligibility::Yes { driver, .. } => {
                             why_copy = Some(format!("volume {:?} is on storage ({driver}) that cannot create volumes from snapshots", v.name));
                             break;
@@ -597,7 +883,9 @@ impl Reconciler for CloneReconciler {
             }
             let c2 = self.store().get(clone_res(), ns, &key.name)?;
             match why_copy {
-                Some(why) if c["status"]["strategy"] != "snapshot" => self.by_copy(&c2, &source_vm, &target_name, &why).await,
+                Some(why) if c["status"]["strategy"] != "snapshot" => {
+                    self.by_copy(&c2, &source_vm, &target_name, &why).await
+                }
                 _ => {
                     if c["status"]["strategy"].is_null() {
                         update_status_with(self.store(), clone_res(), key, |o| {
@@ -638,7 +926,10 @@ mod tests {
         let ifs = &obj["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"];
         assert_eq!(ifs[0]["macAddress"], "02:00:00:00:00:01");
         assert!(ifs[1]["macAddress"].as_str().unwrap().starts_with("02:"));
-        assert_eq!(obj["spec"]["template"]["spec"]["domain"]["firmware"]["serial"], "s1");
+        assert_eq!(
+            obj["spec"]["template"]["spec"]["domain"]["firmware"]["serial"],
+            "s1"
+        );
         assert!(obj["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"].is_string());
         assert_eq!(obj["metadata"]["labels"], json!({"keep": "1"}));
     }

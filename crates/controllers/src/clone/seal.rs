@@ -25,13 +25,26 @@ pub fn seal_image(path: &Path, format: &str) -> api::Result<SealReport> {
         let out = Command::new("virt-sysprep")
             .arg("-a")
             .arg(path)
-            .args(["--format", format, "--operations", "machine-id,ssh-hostkeys,logfiles,bash-history,tmp-files"])
+            .args([
+                "--format",
+                format,
+                "--operations",
+                "machine-id,ssh-hostkeys,logfiles,bash-history,tmp-files",
+            ])
             .env("LIBGUESTFS_BACKEND", "direct")
             .env("LIBGUESTFS_BACKEND_SETTINGS", "force_tcg")
             .output()
             .map_err(|e| Error::internal(format!("cannot run virt-sysprep: {e}")))?;
         if out.status.success() {
-            return Ok(SealReport { tool: "virt-sysprep", actions: vec!["machine-id".into(), "ssh-hostkeys".into(), "logfiles".into(), "bash-history".into()] });
+            return Ok(SealReport {
+                tool: "virt-sysprep",
+                actions: vec![
+                    "machine-id".into(),
+                    "ssh-hostkeys".into(),
+                    "logfiles".into(),
+                    "bash-history".into(),
+                ],
+            });
         }
         tracing::warn!(stderr = %String::from_utf8_lossy(&out.stderr), "virt-sysprep failed; trying the built-in reset");
     }
@@ -59,13 +72,20 @@ fn debugfs(path: &Path, script: &str) -> api::Result<String> {
         .map_err(|e| Error::internal(format!("cannot run debugfs: {e}")))?;
     let _ = std::fs::remove_dir_all(&dir);
     if !out.status.success() {
-        return Err(Error::internal(format!("debugfs failed: {}", String::from_utf8_lossy(&out.stderr))));
+        return Err(Error::internal(format!(
+            "debugfs failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
 }
 
 fn tempfile_dir() -> api::Result<std::path::PathBuf> {
-    let d = std::env::temp_dir().join(format!("vmsnap-seal-{}-{}", std::process::id(), uuid::Uuid::new_v4()));
+    let d = std::env::temp_dir().join(format!(
+        "vmsnap-seal-{}-{}",
+        std::process::id(),
+        uuid::Uuid::new_v4()
+    ));
     std::fs::create_dir_all(&d).map_err(|e| Error::internal(e.to_string()))?;
     Ok(d)
 }
@@ -96,7 +116,8 @@ fn seal_ext4(path: &Path) -> api::Result<SealReport> {
     let mut script = String::new();
     let dir = tempfile_dir()?;
     let mid = dir.join("machine-id");
-    std::fs::write(&mid, format!("{}\n", uuid::Uuid::new_v4().simple())).map_err(|e| Error::internal(e.to_string()))?;
+    std::fs::write(&mid, format!("{}\n", uuid::Uuid::new_v4().simple()))
+        .map_err(|e| Error::internal(e.to_string()))?;
     let etc = ls(path, "/etc").unwrap_or_default();
     if etc.iter().any(|n| n == "machine-id") {
         script.push_str("rm /etc/machine-id\n");
@@ -129,5 +150,8 @@ fn seal_ext4(path: &Path) -> api::Result<SealReport> {
         debugfs(path, &script)?;
     }
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(SealReport { tool: "debugfs (built-in ext4 reset)", actions })
+    Ok(SealReport {
+        tool: "debugfs (built-in ext4 reset)",
+        actions,
+    })
 }

@@ -68,17 +68,31 @@ impl GuestControl for VmGuest {
             GuestState::Running { agent, paused }
         })
     }
-    fn freeze<'a>(&'a self, namespace: &'a str, vm: &'a str, timeout: Duration) -> BoxFuture<'a, api::Result<Box<dyn Quiesce>>> {
+    fn freeze<'a>(
+        &'a self,
+        namespace: &'a str,
+        vm: &'a str,
+        timeout: Duration,
+    ) -> BoxFuture<'a, api::Result<Box<dyn Quiesce>>> {
         Box::pin(async move {
             let f = self.0.freeze(namespace, vm, timeout).await?;
             Ok(Box::new(Thaw(f)) as Box<dyn Quiesce>)
         })
     }
-    fn pause<'a>(&'a self, namespace: &'a str, vm: &'a str) -> BoxFuture<'a, api::Result<Box<dyn Quiesce>>> {
+    fn pause<'a>(
+        &'a self,
+        namespace: &'a str,
+        vm: &'a str,
+    ) -> BoxFuture<'a, api::Result<Box<dyn Quiesce>>> {
         Box::pin(async move {
             let since = Instant::now();
             self.0.pause(namespace, vm).await?;
-            Ok(Box::new(Resume { rt: self.0.clone(), ns: namespace.into(), vm: vm.into(), since }) as Box<dyn Quiesce>)
+            Ok(Box::new(Resume {
+                rt: self.0.clone(),
+                ns: namespace.into(),
+                vm: vm.into(),
+                since,
+            }) as Box<dyn Quiesce>)
         })
     }
     fn thaw<'a>(&'a self, namespace: &'a str, vm: &'a str) -> BoxFuture<'a, api::Result<()>> {
@@ -91,10 +105,21 @@ impl GuestControl for VmGuest {
     }
     fn stop<'a>(&'a self, namespace: &'a str, vm: &'a str) -> BoxFuture<'a, api::Result<()>> {
         Box::pin(async move {
-            match crate::vm::actions::action(&self.0, "virtualmachines", namespace, vm, "stop", json!({})).await {
+            match crate::vm::actions::action(
+                &self.0,
+                "virtualmachines",
+                namespace,
+                vm,
+                "stop",
+                json!({}),
+            )
+            .await
+            {
                 Ok(_) => Ok(()),
                 // Already stopping or stopped: nothing to do.
-                Err(e) if e.is(ErrorKind::Conflict) || e.is(ErrorKind::FailedPrecondition) => Ok(()),
+                Err(e) if e.is(ErrorKind::Conflict) || e.is(ErrorKind::FailedPrecondition) => {
+                    Ok(())
+                }
                 Err(e) => Err(e),
             }
         })
@@ -111,11 +136,22 @@ impl SnapshotBackend for PoolBackend {
     fn eligibility(&self, namespace: &str, claim: &str) -> api::Result<Eligibility> {
         match self.0.claim_snapshot_support(namespace, claim) {
             Ok(s) => Ok(match (s.reason, s.snapshot_class) {
-                (None, Some(class)) => Eligibility::Yes { class, driver: s.provisioner, restorable: s.caps.restore_from_snapshot },
+                (None, Some(class)) => Eligibility::Yes {
+                    class,
+                    driver: s.provisioner,
+                    restorable: s.caps.restore_from_snapshot,
+                },
                 (Some(reason), _) => Eligibility::No { reason },
-                (None, None) => Eligibility::No { reason: format!("storage class {} has no VolumeSnapshotClass", s.storage_class) },
+                (None, None) => Eligibility::No {
+                    reason: format!(
+                        "storage class {} has no VolumeSnapshotClass",
+                        s.storage_class
+                    ),
+                },
             }),
-            Err(e) if e.is(ErrorKind::NotFound) || e.is(ErrorKind::FailedPrecondition) => Ok(Eligibility::No { reason: e.message }),
+            Err(e) if e.is(ErrorKind::NotFound) || e.is(ErrorKind::FailedPrecondition) => {
+                Ok(Eligibility::No { reason: e.message })
+            }
             Err(e) => Err(e),
         }
     }
@@ -130,7 +166,10 @@ impl SnapshotBackend for PoolBackend {
             Err(e) => return Err(crate::storage::errors::api_error(e)),
         }
         let info = driver.create_snapshot(&vol, &snap).api()?;
-        Ok(TakenSnapshot { handle: format!("{vol}@{snap}"), restore_size: info.size })
+        Ok(TakenSnapshot {
+            handle: format!("{vol}@{snap}"),
+            restore_size: info.size,
+        })
     }
 
     fn discard(&self, namespace: &str, claim: &str, handle: &str) -> api::Result<()> {
@@ -147,7 +186,14 @@ impl SnapshotBackend for PoolBackend {
         }
     }
 
-    fn publish(&self, namespace: &str, claim: &str, handle: &str, restore_size: u64, owner: &Value) -> api::Result<()> {
+    fn publish(
+        &self,
+        namespace: &str,
+        claim: &str,
+        handle: &str,
+        restore_size: u64,
+        owner: &Value,
+    ) -> api::Result<()> {
         let store = self.0.store.as_ref();
         let (pvc, class, vol) = self.0.bound_claim(namespace, claim)?;
         let snap = SnapName::new(handle.to_string()).api()?;
@@ -157,12 +203,27 @@ impl SnapshotBackend for PoolBackend {
             .api()?
             .into_iter()
             .find(|s| s.name == snap)
-            .ok_or_else(|| Error::internal(format!("snapshot {snap} of volume {vol} is missing")))?;
-        let vsclass = self.0.snapshot_class_for(&class.name, &class.provisioner)?.map(|c| meta::name(&c).to_string());
-        let nanos = info.created.duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0);
+            .ok_or_else(|| {
+                Error::internal(format!("snapshot {snap} of volume {vol} is missing"))
+            })?;
+        let vsclass = self
+            .0
+            .snapshot_class_for(&class.name, &class.provisioner)?
+            .map(|c| meta::name(&c).to_string());
+        let nanos = info
+            .created
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as i64)
+            .unwrap_or(0);
         let cname = vsc_name(handle);
         let contents = util::snapshot_contents();
-        if api::ErrorKind::NotFound == store.get(contents, "", &cname).err().map(|e| e.kind).unwrap_or(ErrorKind::Internal) {
+        if api::ErrorKind::NotFound
+            == store
+                .get(contents, "", &cname)
+                .err()
+                .map(|e| e.kind)
+                .unwrap_or(ErrorKind::Internal)
+        {
             let mut c = json!({
                 "apiVersion": "snapshot.storage.k8s.io/v1",
                 "kind": "VolumeSnapshotContent",
@@ -189,9 +250,14 @@ impl SnapshotBackend for PoolBackend {
                 Err(e) => return Err(e),
             }
         }
-        crate::runtime::update_status_with(store, contents, &crate::ObjectKey::new("", &cname), |o| {
-            o["status"] = json!({"snapshotHandle": format!("{vol}@{snap}"), "readyToUse": true, "restoreSize": restore_size.max(info.size), "creationTime": nanos});
-        })?;
+        crate::runtime::update_status_with(
+            store,
+            contents,
+            &crate::ObjectKey::new("", &cname),
+            |o| {
+                o["status"] = json!({"snapshotHandle": format!("{vol}@{snap}"), "readyToUse": true, "restoreSize": restore_size.max(info.size), "creationTime": nanos});
+            },
+        )?;
         let vsres = util::volume_snapshots();
         if ignore(store.get(vsres, namespace, handle))?.is_none() {
             let mut vs = json!({
@@ -212,11 +278,16 @@ impl SnapshotBackend for PoolBackend {
             }
         }
         // Bind it now rather than waiting for the VolumeSnapshot controller's pass.
-        self.0.reconcile_volume_snapshot(&crate::ObjectKey::new(namespace, handle))?;
+        self.0
+            .reconcile_volume_snapshot(&crate::ObjectKey::new(namespace, handle))?;
         Ok(())
     }
 
-    fn attachment(&self, namespace: &str, claim: &str) -> api::Result<(std::path::PathBuf, String)> {
+    fn attachment(
+        &self,
+        namespace: &str,
+        claim: &str,
+    ) -> api::Result<(std::path::PathBuf, String)> {
         let a = self.0.attachment_for_claim(namespace, claim)?;
         Ok((a.path, a.format.as_str().to_string()))
     }

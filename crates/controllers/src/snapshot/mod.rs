@@ -107,7 +107,8 @@ pub trait SnapshotBackend: Send + Sync {
         owner: &serde_json::Value,
     ) -> api::Result<()>;
     /// Where a claim's volume lives and its format (`raw`, `qcow2`), for offline tools.
-    fn attachment(&self, namespace: &str, claim: &str) -> api::Result<(std::path::PathBuf, String)>;
+    fn attachment(&self, namespace: &str, claim: &str)
+        -> api::Result<(std::path::PathBuf, String)>;
 }
 
 /// Test hooks: a slow storage step, and pausing at a named step so a test can kill the

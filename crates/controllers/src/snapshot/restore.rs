@@ -158,7 +158,8 @@ impl RestoreReconciler {
                         .and_then(|r| r["name"].as_str())
                         .map(String::from);
                     if let Some(dv) = dv_owner {
-                        let dvres = by_plural("cdi.kubevirt.io", "datavolumes").expect("registered");
+                        let dvres =
+                            by_plural("cdi.kubevirt.io", "datavolumes").expect("registered");
                         if let Some(d) = ignore_not_found(self.store().get(dvres, ns, &dv))? {
                             if !meta::is_deleting(&d) {
                                 self.store().delete(dvres, ns, &dv, &Default::default())?;
