@@ -135,6 +135,7 @@ async fn serve(
     if vm_actions.is_none() {
         vm_actions = Some(Arc::new(crate::vm_actions::VmActionsAdapter {
             rt: vm_runtime.clone(),
+            pools: pools.clone(),
         }));
     }
     // --- end vm ---

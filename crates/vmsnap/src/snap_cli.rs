@@ -17,6 +17,42 @@ pub enum SnapCmd {
     },
     /// Restore a VM from a snapshot (or into a new VM with --target).
     Restore(RestoreArgs),
+    /// Clone a VM (or a VM snapshot) into a new VM with a new MAC, serial and firmware UUID.
+    Clone(CloneArgs),
+    /// Reset a stopped VM's guest identity on its disks (machine-id, SSH host keys, logs,
+    /// shell history), as virt-sysprep does.
+    Seal { vm: String },
+}
+
+#[derive(Args)]
+pub struct CloneArgs {
+    /// The source VM (or, with --from-snapshot, the snapshot's VM, for naming only).
+    pub source: String,
+    /// Name of the new VM (default: clone-<source>-<random>).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Clone from this VirtualMachineSnapshot instead of the live VM.
+    #[arg(long)]
+    pub from_snapshot: Option<String>,
+    /// A MAC for an interface, IFACE=MAC (others get fresh ones). Repeatable.
+    #[arg(long = "new-mac")]
+    pub new_mac: Vec<String>,
+    /// The clone's SMBIOS serial (default: a fresh one).
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Reset the clone's guest identity (machine-id, SSH host keys, logs, history).
+    #[arg(long)]
+    pub seal: bool,
+    /// Set a label on the clone, KEY=VALUE. Repeatable.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Start the clone once it is ready.
+    #[arg(long)]
+    pub start: bool,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long)]
+    pub wait: bool,
 }
 
 #[derive(Subcommand)]
@@ -81,6 +117,33 @@ pub fn run(c: &Client, cmd: SnapCmd) -> Result<()> {
             }
         },
         SnapCmd::Restore(a) => restore(c, a),
+        SnapCmd::Clone(a) => clone(c, a),
+        SnapCmd::Seal { vm } => {
+            let path = format!(
+                "/apis/subresources.kubevirt.io/v1/namespaces/{}/virtualmachines/{vm}/seal",
+                c.namespace
+            );
+            let out = c.request("PUT", &path, Some(&json!({})))?;
+            for v in out["sealed"].as_array().into_iter().flatten() {
+                let actions: Vec<&str> = v["actions"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|a| a.as_str())
+                    .collect();
+                println!(
+                    "volume {}: sealed with {} ({})",
+                    v["volume"].as_str().unwrap_or(""),
+                    v["tool"].as_str().unwrap_or(""),
+                    if actions.is_empty() {
+                        "nothing to reset".to_string()
+                    } else {
+                        actions.join(", ")
+                    }
+                );
+            }
+            Ok(())
+        }
     }
 }
 
@@ -313,5 +376,145 @@ fn restore(c: &Client, a: RestoreArgs) -> Result<()> {
         "restore complete: VirtualMachine {target} now matches snapshot {}",
         a.snapshot
     );
+    Ok(())
+}
+
+fn split_kv(s: &str, what: &str) -> Result<(String, String)> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| Error::bad_request(format!("{what} must be KEY=VALUE, got {s:?}")))
+}
+
+fn clone(c: &Client, a: CloneArgs) -> Result<()> {
+    let res = lookup("vmclone").expect("registered");
+    let name = a.name.clone().unwrap_or_else(|| {
+        format!(
+            "{}-clone-{}",
+            a.source,
+            chrono::Utc::now().format("%Y%m%d-%H%M%S")
+        )
+    });
+    let source = match &a.from_snapshot {
+        Some(s) => {
+            json!({"apiGroup": "snapshot.kubevirt.io", "kind": "VirtualMachineSnapshot", "name": s})
+        }
+        None => json!({"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": a.source}),
+    };
+    let mut spec = json!({"source": source});
+    if let Some(t) = &a.target {
+        spec["target"] = json!({"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": t});
+    }
+    if !a.new_mac.is_empty() {
+        let mut m = serde_json::Map::new();
+        for kv in &a.new_mac {
+            let (k, v) = split_kv(kv, "--new-mac")?;
+            m.insert(k, json!(v));
+        }
+        spec["newMacAddresses"] = Value::Object(m);
+    }
+    if let Some(s) = &a.serial {
+        spec["newSMBiosSerial"] = json!(s);
+    }
+    let mut obj = json!({"apiVersion": "clone.kubevirt.io/v1beta1", "kind": "VirtualMachineClone", "metadata": {"name": name}, "spec": spec});
+    if a.seal {
+        meta::set_annotation(&mut obj, "clone.vmsnap.io/seal", "true");
+    }
+    let labels: Vec<(String, String)> = a
+        .labels
+        .iter()
+        .map(|l| split_kv(l, "--label"))
+        .collect::<Result<_>>()?;
+    c.create(res, &c.namespace, &obj)?;
+    println!("virtualmachineclone.clone.kubevirt.io/{name} created");
+    if !a.wait && !a.start && labels.is_empty() {
+        return Ok(());
+    }
+    let pb = ProgressBar::new(1000);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed:>4} [{bar:30}] {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.enable_steady_tick(Duration::from_millis(100));
+    let pb2 = pb.clone();
+    let o = crate::kubectl::wait_for(
+        c,
+        res,
+        &c.namespace,
+        &name,
+        Duration::from_secs(3600),
+        move |o| {
+            let phase = o["status"]["phase"].as_str().unwrap_or("Pending");
+            let vols = o["status"]["volumeProgress"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if !vols.is_empty() {
+                let pct: f64 = vols
+                    .iter()
+                    .map(|v| {
+                        v["progress"]
+                            .as_str()
+                            .and_then(|p| p.trim_end_matches('%').parse::<f64>().ok())
+                            .unwrap_or(0.0)
+                    })
+                    .sum::<f64>()
+                    / vols.len() as f64;
+                pb2.set_position((pct * 10.0) as u64);
+                let per: Vec<String> = vols
+                    .iter()
+                    .map(|v| {
+                        format!(
+                            "{} {}",
+                            v["volumeName"].as_str().unwrap_or(""),
+                            v["progress"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect();
+                pb2.set_message(format!("{phase}: {}", per.join(", ")));
+            } else {
+                pb2.set_message(format!("{phase}: {}", condition_message(o, "Progressing")));
+            }
+            matches!(phase, "Succeeded" | "Failed")
+        },
+    );
+    pb.finish_and_clear();
+    let o = o?;
+    if o["status"]["phase"] == "Failed" {
+        return Err(Error::internal(format!(
+            "clone failed: {}",
+            condition_message(&o, "Ready")
+        )));
+    }
+    let target = o["status"]["targetName"].as_str().unwrap_or("").to_string();
+    println!(
+        "clone complete: VirtualMachine {target} ({} strategy)",
+        o["status"]["strategy"].as_str().unwrap_or("?")
+    );
+    if let Some(s) = o["status"]["sealed"].as_str() {
+        println!("sealed: {s}");
+    }
+    let vmres = lookup("vm").expect("registered");
+    if !labels.is_empty() {
+        let mut l = serde_json::Map::new();
+        for (k, v) in labels {
+            l.insert(k, json!(v));
+        }
+        c.patch_merge(
+            vmres,
+            &c.namespace,
+            &target,
+            &json!({"metadata": {"labels": l}}),
+        )?;
+        println!("labels set on {target}");
+    }
+    if a.start {
+        let path = format!(
+            "/apis/subresources.kubevirt.io/v1/namespaces/{}/virtualmachines/{target}/start",
+            c.namespace
+        );
+        c.request("PUT", &path, Some(&json!({})))?;
+        println!("{target} starting");
+    }
     Ok(())
 }

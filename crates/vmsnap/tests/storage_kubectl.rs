@@ -97,8 +97,13 @@ fn attachment(pvc: &Value) -> (PathBuf, &'static str) {
         .as_str()
         .expect("pool annotation");
     let vol = pvc["spec"]["volumeName"].as_str().expect("volumeName");
-    for (ext, fmt) in [("qcow2", "qcow2"), ("img", "raw")] {
-        let p = Path::new(pool).join("volumes").join(format!("{vol}.{ext}"));
+    let vols = Path::new(pool).join("volumes");
+    for (p, fmt) in [
+        (vols.join(format!("{vol}.qcow2")), "qcow2"),
+        (vols.join(format!("{vol}.img")), "raw"),
+        // btrfs: one subvolume per volume, holding the raw image.
+        (vols.join(vol).join("disk.img"), "raw"),
+    ] {
         if p.exists() {
             return (p, fmt);
         }
@@ -573,17 +578,20 @@ fn snaponly_class_snapshots_but_refuses_restore() {
 #[test]
 fn seed_datavolume_clones_succeed_with_identical_data() {
     let s = Server::start();
-    let provisioner = get(&s, &["sc", "vmsnap"])["provisioner"]
+    let default_class = get(&s, &["sc", "vmsnap"]);
+    let provisioner = default_class["provisioner"].as_str().unwrap().to_string();
+    let pool = default_class["parameters"]["pool"]
         .as_str()
         .unwrap()
         .to_string();
-    // Seed 000: a golden image in another namespace, in a class named as in the seed.
+    // Seed 000: a golden image in another namespace, in a class named as in the seed, backed
+    // by the default pool.
     s.create_namespace("golden-vms");
     apply(
         &s,
         "default",
         &format!(
-            "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {{name: ocs-external-storagecluster-ceph-rbd}}\nprovisioner: {provisioner}\n"
+            "apiVersion: storage.k8s.io/v1\nkind: StorageClass\nmetadata: {{name: ocs-external-storagecluster-ceph-rbd}}\nprovisioner: {provisioner}\nparameters: {{pool: {pool}}}\n"
         ),
     );
     apply(
