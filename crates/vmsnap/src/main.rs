@@ -4,6 +4,7 @@
 mod cli;
 mod kubectl;
 mod serve;
+mod snap_bench;
 mod snap_cli;
 mod storage_cli;
 mod vm_actions;

@@ -3,6 +3,7 @@
 use api::Error;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 use store::Store;
 
@@ -214,6 +215,36 @@ impl apiserver::AdmissionHook for SnapshotAdmission {
     }
 }
 
+fn bench_runs(default: usize) -> usize {
+    std::env::var("VMSNAP_BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(default)
+}
+
+/// A script of the repo, found next to the executable's checkout (or $VMSNAP_REPO).
+fn repo_script(name: &str) -> api::Result<PathBuf> {
+    let mut bases: Vec<PathBuf> = std::env::var_os("VMSNAP_REPO")
+        .map(PathBuf::from)
+        .into_iter()
+        .collect();
+    if let Ok(exe) = std::env::current_exe() {
+        bases.extend(exe.ancestors().map(Path::to_path_buf));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        bases.push(cwd);
+    }
+    bases
+        .into_iter()
+        .map(|b| b.join("scripts").join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            Error::not_found(format!(
+                "scripts/{name} not found; set VMSNAP_REPO to the checkout"
+            ))
+        })
+}
+
 pub fn bench(what: &str, dir: Option<PathBuf>) -> api::Result<()> {
     let tmp;
     let dir: &Path = match &dir {
@@ -247,8 +278,24 @@ pub fn bench(what: &str, dir: Option<PathBuf>) -> api::Result<()> {
             Ok(())
         }
         // --- end vm bench ---
+        "snapshot" => crate::snap_bench::snapshot(dir, bench_runs(20)),
+        "clone" => crate::snap_bench::clone(dir, bench_runs(5)),
+        "storage" => {
+            let pools = dir.join("pools");
+            let out = Command::new("bash")
+                .arg(repo_script("mkpools.sh")?)
+                .arg(&pools)
+                .status()
+                .map_err(|e| Error::internal(format!("mkpools.sh: {e}")))?;
+            if !out.success() {
+                return Err(Error::internal("mkpools.sh failed"));
+            }
+            let report = storage::bench::run(&pools).map_err(|e| Error::internal(e.to_string()))?;
+            println!("{report}");
+            Ok(())
+        }
         other => Err(Error::bad_request(format!(
-            "unknown benchmark {other:?} (try: store, vm)"
+            "unknown benchmark {other:?} (try: store, vm, storage, snapshot, clone)"
         ))),
     }
 }
