@@ -7,6 +7,7 @@ PACKAGES=(
   qemu-system-x86 qemu-utils
   btrfs-progs xfsprogs e2fsprogs
   busybox-static cpio zstd kmod
+  curl python3 util-linux
 )
 
 missing=()
