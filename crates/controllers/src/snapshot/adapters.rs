@@ -186,6 +186,25 @@ impl SnapshotBackend for PoolBackend {
         }
     }
 
+    fn discard_volume(&self, class: &str, volume: &str, handle: &str) -> api::Result<()> {
+        let class = match self.0.class(class) {
+            Ok(c) => c,
+            Err(e) if e.is(ErrorKind::NotFound) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let vol = storage::VolName::new(volume.to_string()).api()?;
+        let snap = SnapName::new(handle.to_string()).api()?;
+        match class.driver.delete_snapshot(&vol, &snap) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == storage::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(crate::storage::errors::api_error(e)),
+        }
+    }
+
+    fn content_name(&self, handle: &str) -> String {
+        vsc_name(handle)
+    }
+
     fn publish(
         &self,
         namespace: &str,
@@ -276,6 +295,22 @@ impl SnapshotBackend for PoolBackend {
                 Err(e) if e.is(ErrorKind::AlreadyExists) => {}
                 Err(e) => return Err(e),
             }
+        }
+        // Record the snapshot's uid in the content, as the snapshot controller does when it
+        // binds: a content bound to a uid follows its deletion policy once that snapshot goes.
+        let vs_uid = store
+            .get(vsres, namespace, handle)
+            .map(|v| meta::uid(&v).to_string())?;
+        let c = store.get(contents, "", &cname)?;
+        if c["spec"]["volumeSnapshotRef"]["uid"].as_str() != Some(vs_uid.as_str()) {
+            crate::runtime::update_with(
+                store,
+                contents,
+                &crate::ObjectKey::new("", &cname),
+                |o| {
+                    o["spec"]["volumeSnapshotRef"]["uid"] = json!(vs_uid);
+                },
+            )?;
         }
         // Bind it now rather than waiting for the VolumeSnapshot controller's pass.
         self.0

@@ -95,6 +95,10 @@ pub trait SnapshotBackend: Send + Sync {
     fn take(&self, namespace: &str, claim: &str, handle: &str) -> api::Result<TakenSnapshot>;
     /// Deletes a storage snapshot taken by `take` (for failed or cancelled snapshots).
     fn discard(&self, namespace: &str, claim: &str, handle: &str) -> api::Result<()>;
+    /// Like `discard`, for a volume named directly (its claim may be gone by then).
+    fn discard_volume(&self, class: &str, volume: &str, handle: &str) -> api::Result<()>;
+    /// The name of the VolumeSnapshotContent `publish` makes for `handle`.
+    fn content_name(&self, handle: &str) -> String;
     /// Publishes a snapshot taken by `take` as a ready VolumeSnapshot named `handle`, bound to
     /// a pre-provisioned VolumeSnapshotContent, as CSI does for existing snapshots. The
     /// VolumeSnapshot is owned by `owner` (the VM snapshot content). Idempotent.

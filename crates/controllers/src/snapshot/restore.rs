@@ -52,6 +52,28 @@ fn age(obj: &Value) -> Duration {
     .unwrap_or_default()
 }
 
+/// Every path a JSON patch writes or reads from (`from` of move and copy included).
+fn patch_paths(patch: &json_patch::Patch) -> Vec<String> {
+    let mut out = Vec::new();
+    for op in &patch.0 {
+        out.push(op.path().as_str().to_string());
+        match op {
+            json_patch::PatchOperation::Move(m) => out.push(m.from.as_str().to_string()),
+            json_patch::PatchOperation::Copy(c) => out.push(c.from.as_str().to_string()),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// KubeVirt's rule for restore patches: `/spec/...`, `/metadata/labels/...` and
+/// `/metadata/annotations/...` only.
+fn patch_path_allowed(path: &str) -> bool {
+    ["/spec/", "/metadata/labels/", "/metadata/annotations/"]
+        .iter()
+        .any(|p| path.starts_with(p))
+}
+
 /// Claims a VM spec refers to.
 pub fn claims_of(spec: &Value) -> BTreeSet<String> {
     vm_volumes(spec)
@@ -150,22 +172,7 @@ impl RestoreReconciler {
             }
             match ignore_not_found(self.store().get(pvc_res(), ns, claim))? {
                 Some(p) => {
-                    // A claim made by a DataVolume goes with it, or the DataVolume would
-                    // provision it again.
-                    let dv_owner = p["metadata"]["ownerReferences"]
-                        .as_array()
-                        .and_then(|rs| rs.iter().find(|r| r["kind"] == "DataVolume"))
-                        .and_then(|r| r["name"].as_str())
-                        .map(String::from);
-                    if let Some(dv) = dv_owner {
-                        let dvres =
-                            by_plural("cdi.kubevirt.io", "datavolumes").expect("registered");
-                        if let Some(d) = ignore_not_found(self.store().get(dvres, ns, &dv))? {
-                            if !meta::is_deleting(&d) {
-                                self.store().delete(dvres, ns, &dv, &Default::default())?;
-                            }
-                        }
-                    }
+                    self.delete_owning_dv(ns, &p)?;
                     if !meta::is_deleting(&p) {
                         self.store()
                             .delete(pvc_res(), ns, claim, &Default::default())?;
@@ -202,6 +209,24 @@ impl RestoreReconciler {
         } else {
             Action::AwaitChange
         })
+    }
+
+    /// A claim made by a DataVolume goes with it, or the DataVolume would stay behind
+    /// describing a volume that no longer exists.
+    fn delete_owning_dv(&self, ns: &str, pvc: &Value) -> api::Result<()> {
+        let owner = pvc["metadata"]["ownerReferences"]
+            .as_array()
+            .and_then(|rs| rs.iter().find(|r| r["kind"] == "DataVolume"))
+            .and_then(|r| r["name"].as_str());
+        if let Some(dv) = owner {
+            let dvres = by_plural("cdi.kubevirt.io", "datavolumes").expect("registered");
+            if let Some(d) = ignore_not_found(self.store().get(dvres, ns, dv))? {
+                if !meta::is_deleting(&d) {
+                    self.store().delete(dvres, ns, dv, &Default::default())?;
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn target_running(&self, ns: &str, name: &str) -> api::Result<bool> {
@@ -396,9 +421,17 @@ impl Reconciler for RestoreReconciler {
                 // Lock the target; record what it used so replaced volumes can be reclaimed.
                 if t["status"]["restoreInProgress"].as_str() != Some(key.name.as_str()) {
                     let old_claims: Vec<String> = claims_of(&t["spec"]).into_iter().collect();
+                    let old_volumes: Vec<Value> = vm_volumes(&t["spec"])
+                        .into_iter()
+                        .filter_map(|v| {
+                            v.claim
+                                .map(|c| json!({"volumeName": v.name, "claimName": c}))
+                        })
+                        .collect();
                     update_status_with(self.store(), restore_res(), key, |o| {
                         if o["status"]["previousClaims"].is_null() {
                             o["status"]["previousClaims"] = json!(old_claims);
+                            o["status"]["previousVolumes"] = json!(old_volumes);
                         }
                     })?;
                     update_status_with(
@@ -456,6 +489,7 @@ impl Reconciler for RestoreReconciler {
                 if let Some(p) = existing.as_ref().filter(|_| !ours) {
                     if vpolicy == "InPlace" && claim == orig_name {
                         // InPlace: the original claim goes first; its snapshots stay usable.
+                        self.delete_owning_dv(ns, p)?;
                         if !meta::is_deleting(p) {
                             self.store()
                                 .delete(pvc_res(), ns, &claim, &Default::default())?;
@@ -634,6 +668,14 @@ impl Reconciler for RestoreReconciler {
                                     .fail(&r, &format!("patch {text:?} is not a JSON patch: {e}"))
                             }
                         };
+                        if let Some(bad) = patch_paths(&patch)
+                            .into_iter()
+                            .find(|p| !patch_path_allowed(p))
+                        {
+                            return self.fail(&r, &format!(
+                                "patch {text:?} touches {bad:?}: restore patches may only change /spec/... and /metadata/labels or /metadata/annotations"
+                            ));
+                        }
                         if let Err(e) = json_patch::patch(&mut vm, &patch) {
                             return self
                                 .fail(&r, &format!("patch {text:?} could not be applied: {e}"));
@@ -659,23 +701,61 @@ impl Reconciler for RestoreReconciler {
                 .iter()
                 .filter_map(|x| x["persistentVolumeClaim"].as_str().map(String::from))
                 .collect();
-            let previous: Vec<String> =
+            // (volume, claim) pairs the target used before; objects older than
+            // `previousVolumes` only recorded the claims.
+            let previous: Vec<(Option<String>, String)> =
                 ignore_not_found(self.store().get(restore_res(), ns, &key.name))?
-                    .and_then(|cur| {
-                        cur["status"]["previousClaims"].as_array().map(|a| {
-                            a.iter()
-                                .filter_map(|c| c.as_str().map(String::from))
-                                .collect()
-                        })
+                    .map(|cur| match cur["status"]["previousVolumes"].as_array() {
+                        Some(a) => a
+                            .iter()
+                            .filter_map(|v| {
+                                Some((
+                                    v["volumeName"].as_str().map(String::from),
+                                    v["claimName"].as_str()?.to_string(),
+                                ))
+                            })
+                            .collect(),
+                        None => cur["status"]["previousClaims"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .filter_map(|c| c.as_str().map(|c| (None, c.to_string())))
+                            .collect(),
                     })
                     .unwrap_or_default();
             let final_spec = self.store().get(vm_res(), ns, &target_name)?;
             let now_used = claims_of(&final_spec["spec"]);
-            let replaced: Vec<Value> = previous
+            let restored_volumes: BTreeSet<&str> = restores
                 .iter()
-                .filter(|c| !now_used.contains(*c) && !new_claims.contains(*c))
-                .map(|c| json!({"claimName": c, "reclaimed": false}))
+                .filter_map(|x| x["volumeName"].as_str())
                 .collect();
+            // A claim is replaced when its volume now uses a restored copy: it is reclaimed. A
+            // disk added after the snapshot only leaves the VM; its data exists nowhere else, so
+            // its claim is kept (and reported).
+            let mut replaced = Vec::new();
+            let mut detached = Vec::new();
+            for (vol, claim) in &previous {
+                if now_used.contains(claim) || new_claims.contains(claim) {
+                    continue;
+                }
+                match vol {
+                    Some(v) if !restored_volumes.contains(v.as_str()) => {
+                        detached.push(json!({"volumeName": v, "claimName": claim}));
+                    }
+                    _ => replaced.push(json!({"claimName": claim, "reclaimed": false})),
+                }
+            }
+            for d in &detached {
+                self.ctx.recorder.record(
+                    &r,
+                    EventType::Normal,
+                    "VolumeDetached",
+                    &format!(
+                        "volume {} is not in snapshot {snap_name:?}: it left the VM and its claim {} is kept",
+                        d["volumeName"], d["claimName"]
+                    ),
+                );
+            }
             let now = meta::now_rfc3339();
             let took = age(&r);
             update_status_with(self.store(), restore_res(), key, |o| {
@@ -684,6 +764,9 @@ impl Reconciler for RestoreReconciler {
                 o["status"]["deletedDataVolumes"] = json!(deleted_dvs);
                 if !replaced.is_empty() {
                     o["status"]["replacedVolumes"] = json!(replaced);
+                }
+                if !detached.is_empty() {
+                    o["status"]["detachedVolumes"] = json!(detached);
                 }
                 set_condition(o, "Progressing", false, "Succeeded", "Operation complete");
                 set_condition(o, "Ready", true, "Succeeded", "Operation complete");

@@ -241,6 +241,33 @@ impl SnapshotReconciler {
         Ok(())
     }
 
+    /// Records an existing content in the snapshot's status: its name, the source UID, and
+    /// which volumes it includes.
+    fn record_content(&self, key: &ObjectKey, content: &Value) -> api::Result<()> {
+        let backups = content["spec"]["volumeBackups"].as_array();
+        let included: Vec<String> = backups
+            .into_iter()
+            .flatten()
+            .filter(|b| b["volumeSnapshotName"].is_string())
+            .filter_map(|b| b["volumeName"].as_str().map(String::from))
+            .collect();
+        let source = &content["spec"]["source"]["virtualMachine"];
+        let excluded: Vec<String> = vm_volumes(&source["spec"])
+            .into_iter()
+            .map(|v| v.name)
+            .filter(|n| !included.contains(n))
+            .collect();
+        let uid = source["metadata"]["uid"].clone();
+        let cname = meta::name(content).to_string();
+        update_status_with(self.store(), snapshot_res(), key, |o| {
+            o["status"]["sourceUID"] = uid.clone();
+            o["status"]["virtualMachineSnapshotContentName"] = json!(cname);
+            o["status"]["snapshotVolumes"] =
+                json!({"includedVolumes": included, "excludedVolumes": excluded});
+        })?;
+        Ok(())
+    }
+
     /// True when the snapshot is being deleted or its deadline passed: a quiesced guest must
     /// be released at once.
     fn cancelled(&self, key: &ObjectKey) -> bool {
@@ -545,7 +572,14 @@ impl Reconciler for SnapshotReconciler {
             // The content records the VM as it is now, and which volumes are included.
             let cname = content_name(&snap);
             let content = match ignore_not_found(self.store().get(content_res(), ns, &cname))? {
-                Some(c) => c,
+                Some(c) => {
+                    // A restart between creating the content and recording it here leaves the
+                    // status short: it is rebuilt from the content.
+                    if snap["status"]["virtualMachineSnapshotContentName"].is_null() {
+                        self.record_content(key, &c)?;
+                    }
+                    c
+                }
                 None => {
                     let mut included = Vec::new();
                     let mut excluded = Vec::new();
@@ -619,6 +653,7 @@ impl Reconciler for SnapshotReconciler {
                         }
                         Err(e) => return Err(e),
                     };
+                    test_pause_at("content-stored").await;
                     let (inc, exc) = (included.clone(), excluded.clone());
                     let vm_uid = meta::uid(&vm).to_string();
                     update_status_with(self.store(), snapshot_res(), key, |o| {

@@ -390,3 +390,505 @@ pub fn guest_vm(name: &str, run_strategy: &str, volume: Value) -> Value {
         }
     })
 }
+
+// --- snapshot and restore test helpers (issue 5) ---
+
+impl Server {
+    /// Like `start_with`, with extra environment variables for the first `vmsnap serve` (test
+    /// hooks). A later `spawn()` restarts without them.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let dir = tempfile::Builder::new()
+            .prefix("vmsnap-test-")
+            .tempdir()
+            .expect("tempdir");
+        let mut s = Server {
+            dir,
+            port: free_port(),
+            child: None,
+            extra_args: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        s.spawn_with_env(env);
+        s
+    }
+
+    /// Starts (or restarts) the server with extra environment variables.
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("serve.log"))
+            .expect("log");
+        let child = Command::new(env!("CARGO_BIN_EXE_vmsnap"))
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(self.dir.path())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(&self.extra_args)
+            .env("VMSNAP_LOG", "info")
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn vmsnap serve");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+}
+
+impl VmHost {
+    /// A TCG VM server whose first `vmsnap serve` gets `env` (test hooks).
+    pub fn start_with_env(env: &[(&str, &str)]) -> VmHost {
+        VmHost {
+            server: Server::start_with_env(&["--accel", "tcg"], env),
+        }
+    }
+}
+
+pub fn snap_res(name: &str) -> &'static api::Resource {
+    api::registry::lookup(name).unwrap_or_else(|| panic!("resource {name} registered"))
+}
+
+/// The object, or None when it does not exist.
+pub fn snap_try_get(h: &Server, kind: &str, ns: &str, name: &str) -> Option<Value> {
+    h.client().get(snap_res(kind), ns, name).ok()
+}
+
+pub fn snap_get(h: &Server, kind: &str, ns: &str, name: &str) -> Value {
+    h.client()
+        .get(snap_res(kind), ns, name)
+        .unwrap_or_else(|e| panic!("get {kind} {ns}/{name}: {e}\n{}", h.log()))
+}
+
+pub fn snap_list(h: &Server, kind: &str, ns: Option<&str>) -> Vec<Value> {
+    h.client()
+        .list(snap_res(kind), ns, None)
+        .unwrap_or_else(|e| panic!("list {kind}: {e}"))["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Uploads the guest's root filesystem into DataVolume `<vm>-root` (on `class`, else the
+/// default class) and makes a blank 256Mi DataVolume `<vm>-data` on `data_class`; then applies
+/// a 1-vCPU 256Mi VM using both (the data disk is /data in the guest). With `Always`, waits
+/// for the agent and /data.
+pub fn snap_lab_vm(
+    h: &VmHost,
+    ns: &str,
+    name: &str,
+    run_strategy: &str,
+    class: Option<&str>,
+    data_class: Option<&str>,
+) {
+    let img = virt_guest_dir().join("rootfs.img");
+    let root = format!("{name}-root");
+    let mut args = vec![
+        "-n",
+        ns,
+        "image-upload",
+        "dv",
+        &root,
+        "--size",
+        "1Gi",
+        "--image-path",
+        img.to_str().expect("utf-8 path"),
+    ];
+    if let Some(c) = class {
+        args.extend(["--storage-class", c]);
+    }
+    let out = h.vmsnap(&args);
+    assert!(
+        out.status.success(),
+        "upload: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        h.log()
+    );
+    let mut dv = serde_json::json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+        "metadata": {"name": format!("{name}-data")},
+        "spec": {"source": {"blank": {}}, "storage": {"resources": {"requests": {"storage": "256Mi"}}}}
+    });
+    if let Some(c) = data_class {
+        dv["spec"]["storage"]["storageClassName"] = serde_json::json!(c);
+    }
+    h.apply_json(ns, &dv);
+    let mut vm = guest_vm(
+        name,
+        run_strategy,
+        serde_json::json!({"name": "rootdisk", "dataVolume": {"name": root}}),
+    );
+    let spec = &mut vm["spec"]["template"]["spec"];
+    spec["domain"]["devices"]["disks"]
+        .as_array_mut()
+        .expect("disks")
+        .push(serde_json::json!({"name": "datadisk", "disk": {"bus": "virtio"}}));
+    spec["volumes"].as_array_mut().expect("volumes").push(
+        serde_json::json!({"name": "datadisk", "dataVolume": {"name": format!("{name}-data")}}),
+    );
+    h.apply_json(ns, &vm);
+    if run_strategy == "Always" {
+        snap_wait_guest(h, ns, name);
+    }
+}
+
+/// Waits for the guest agent and the /data mount.
+pub fn snap_wait_guest(h: &VmHost, ns: &str, name: &str) {
+    h.wait_condition(ns, name, "AgentConnected", Duration::from_secs(90));
+    h.wait_for("/data mounted", Duration::from_secs(60), || {
+        let (code, _, _) = h.sh(ns, name, "grep -q /data /proc/mounts");
+        (code == 0).then_some(())
+    });
+}
+
+/// Creates a VirtualMachineSnapshot of `vm`; `extra` is merged into its spec.
+pub fn snap_create(h: &Server, ns: &str, name: &str, vm: &str, extra: Value) {
+    let mut spec = serde_json::json!({"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": vm}});
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        spec[k] = v.clone();
+    }
+    let obj = serde_json::json!({"apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineSnapshot", "metadata": {"name": name, "namespace": ns}, "spec": spec});
+    h.client()
+        .create(snap_res("vmsnapshot"), ns, &obj)
+        .unwrap_or_else(|e| panic!("create snapshot {name}: {e}"));
+}
+
+/// Waits until the snapshot's phase is Succeeded or Failed and returns it.
+pub fn snap_wait_done(h: &Server, ns: &str, name: &str, limit: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = snap_try_get(h, "vmsnapshot", ns, name) {
+            if matches!(s["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+                return s;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "snapshot {name} not done after {limit:?}: {s}\n{}",
+                h.log()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The restore object for `snapshot` into `target`; `extra` is merged into its spec.
+pub fn snap_restore_obj(name: &str, snapshot: &str, target: &str, extra: Value) -> Value {
+    let mut spec = serde_json::json!({
+        "target": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": target},
+        "virtualMachineSnapshotName": snapshot,
+    });
+    for (k, v) in extra.as_object().into_iter().flatten() {
+        spec[k] = v.clone();
+    }
+    serde_json::json!({"apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineRestore", "metadata": {"name": name}, "spec": spec})
+}
+
+pub fn snap_restore(h: &Server, ns: &str, name: &str, snapshot: &str, target: &str, extra: Value) {
+    let obj = snap_restore_obj(name, snapshot, target, extra);
+    h.client()
+        .create(snap_res("vmrestore"), ns, &obj)
+        .unwrap_or_else(|e| panic!("create restore {name}: {e}"));
+}
+
+/// Waits until the restore is complete (or failed) and returns it.
+pub fn snap_wait_restore(h: &Server, ns: &str, name: &str, limit: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let r = snap_get(h, "vmrestore", ns, name);
+        if r["status"]["complete"] == true || api::condition(&r, "Failure") == Some(true) {
+            return r;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "restore {name} not done after {limit:?}: {r}\n{}",
+            h.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The host file holding a bound claim's volume (btrfs: `volumes/<vol>/disk.img`; raw-file
+/// drivers: `volumes/<vol>.img`), found through the claim's pool annotation.
+pub fn snap_claim_image(h: &Server, ns: &str, claim: &str) -> PathBuf {
+    let pvc = snap_get(h, "pvc", ns, claim);
+    let vol = pvc["spec"]["volumeName"]
+        .as_str()
+        .unwrap_or_else(|| panic!("claim {claim} is not bound: {pvc}"));
+    let pool = pvc["metadata"]["annotations"]["vmsnap.io/pool"]
+        .as_str()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| panic!("no pool annotation on {pvc}"));
+    for p in [
+        pool.join("volumes").join(vol).join("disk.img"),
+        pool.join("volumes").join(format!("{vol}.img")),
+    ] {
+        if p.is_file() {
+            return p;
+        }
+    }
+    panic!(
+        "no image for claim {claim} (volume {vol}) under {}",
+        pool.display()
+    )
+}
+
+/// A file's bytes read offline from an ext4 image with debugfs (None if absent).
+pub fn snap_debugfs_cat(image: &Path, path: &str) -> Option<Vec<u8>> {
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(image)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("debugfs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() || err.contains("File not found") {
+        return None;
+    }
+    Some(out.stdout)
+}
+
+/// `e2fsck -fn` on an image: (exit code, output). 0 means clean.
+pub fn snap_fsck(image: &Path) -> (i32, String) {
+    let out = Command::new("/sbin/e2fsck")
+        .arg("-fn")
+        .arg(image)
+        .output()
+        .expect("e2fsck");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Volumes and storage snapshots on disk that nothing in the API accounts for: every volume
+/// under `<pool>/volumes` must be bound to a claim, every snapshot under `<pool>/snapshots/<vol>/` a
+/// VolumeSnapshotContent's handle. Temporary names (`.tmp-*`) count too.
+pub fn snap_orphans(h: &Server, pools: &[PathBuf]) -> Vec<String> {
+    let pvs: Vec<String> = snap_list(h, "pvc", None)
+        .iter()
+        .filter_map(|p| p["spec"]["volumeName"].as_str().map(String::from))
+        .collect();
+    let handles: Vec<String> = snap_list(h, "volumesnapshotcontent", None)
+        .iter()
+        .filter_map(|c| {
+            c["status"]["snapshotHandle"]
+                .as_str()
+                .or(c["spec"]["source"]["snapshotHandle"].as_str())
+                .map(String::from)
+        })
+        .collect();
+    let mut out = Vec::new();
+    for pool in pools {
+        for e in std::fs::read_dir(pool.join("volumes"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let n = e.file_name().to_string_lossy().into_owned();
+            let n = n.strip_suffix(".img").unwrap_or(&n).to_string();
+            if !pvs.contains(&n) {
+                out.push(format!("volume {}", e.path().display()));
+            }
+        }
+        for d in std::fs::read_dir(pool.join("snapshots"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let vol = d.file_name().to_string_lossy().into_owned();
+            for s in std::fs::read_dir(d.path()).into_iter().flatten().flatten() {
+                let n = s.file_name().to_string_lossy().into_owned();
+                let n = n.strip_suffix(".img").unwrap_or(&n).to_string();
+                if !handles.contains(&format!("{vol}@{n}")) {
+                    out.push(format!("snapshot {}", s.path().display()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The guest's fsfreeze status through the VM action ("thawed" or "frozen").
+pub fn snap_freeze_status(h: &VmHost, ns: &str, vm: &str) -> String {
+    h.action(ns, vm, "fsfreeze-status", serde_json::json!({}))
+        .map(|v| v["status"].as_str().unwrap_or("").to_string())
+        .unwrap_or_else(|e| format!("error: {e}"))
+}
+
+// --- clone test helpers (issue 6) ---
+
+/// Uploads the guest root filesystem into DataVolume `<vm>-root` and a blank 256Mi
+/// DataVolume `<vm>-data`, both on `class` (else the default class), then applies a 1-vCPU
+/// 256Mi VM using both, with `meta` merged into its metadata and `template_meta` into its
+/// template metadata. With `Always`, waits for the agent and /data.
+pub fn clone_lab_vm(
+    h: &VmHost,
+    ns: &str,
+    name: &str,
+    run_strategy: &str,
+    class: Option<&str>,
+    meta: Value,
+    template_meta: Value,
+) {
+    let img = virt_guest_dir().join("rootfs.img");
+    let root = format!("{name}-root");
+    let mut args = vec![
+        "-n",
+        ns,
+        "image-upload",
+        "dv",
+        &root,
+        "--size",
+        "1Gi",
+        "--image-path",
+        img.to_str().expect("utf-8 path"),
+    ];
+    if let Some(c) = class {
+        args.extend(["--storage-class", c]);
+    }
+    let out = h.vmsnap(&args);
+    assert!(
+        out.status.success(),
+        "upload: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        h.log()
+    );
+    let mut dv = serde_json::json!({
+        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
+        "metadata": {"name": format!("{name}-data")},
+        "spec": {"source": {"blank": {}}, "storage": {"resources": {"requests": {"storage": "256Mi"}}}}
+    });
+    if let Some(c) = class {
+        dv["spec"]["storage"]["storageClassName"] = serde_json::json!(c);
+    }
+    h.apply_json(ns, &dv);
+    let mut vm = guest_vm(
+        name,
+        run_strategy,
+        serde_json::json!({"name": "rootdisk", "dataVolume": {"name": root}}),
+    );
+    for (k, v) in meta.as_object().into_iter().flatten() {
+        vm["metadata"][k] = v.clone();
+    }
+    for (k, v) in template_meta.as_object().into_iter().flatten() {
+        vm["spec"]["template"]["metadata"][k] = v.clone();
+    }
+    let spec = &mut vm["spec"]["template"]["spec"];
+    spec["domain"]["devices"]["disks"]
+        .as_array_mut()
+        .expect("disks")
+        .push(serde_json::json!({"name": "datadisk", "disk": {"bus": "virtio"}}));
+    spec["volumes"].as_array_mut().expect("volumes").push(
+        serde_json::json!({"name": "datadisk", "dataVolume": {"name": format!("{name}-data")}}),
+    );
+    h.apply_json(ns, &vm);
+    if run_strategy == "Always" {
+        clone_wait_guest(h, ns, name);
+    }
+}
+
+/// Waits for the guest agent and the /data mount (busybox: no `mountpoint`).
+pub fn clone_wait_guest(h: &VmHost, ns: &str, name: &str) {
+    h.wait_condition(ns, name, "AgentConnected", Duration::from_secs(120));
+    h.wait_for("/data mounted", Duration::from_secs(60), || {
+        let (code, _, _) = h.sh(ns, name, "grep -q /data /proc/mounts");
+        (code == 0).then_some(())
+    });
+}
+
+/// The VirtualMachineClone, or None.
+pub fn clone_try_get(h: &Server, ns: &str, name: &str) -> Option<Value> {
+    h.client()
+        .get(
+            api::registry::lookup("vmclone").expect("registered"),
+            ns,
+            name,
+        )
+        .ok()
+}
+
+/// Waits until the clone's phase is Succeeded or Failed and returns it.
+pub fn clone_wait_done(h: &Server, ns: &str, name: &str, limit: Duration) -> Value {
+    let start = Instant::now();
+    loop {
+        let c = clone_try_get(h, ns, name);
+        if let Some(c) = &c {
+            if matches!(c["status"]["phase"].as_str(), Some("Succeeded" | "Failed")) {
+                return c.clone();
+            }
+        }
+        assert!(
+            start.elapsed() < limit,
+            "clone {name} not done after {limit:?}: {c:?}\n{}",
+            h.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A condition's (status, reason, message) on any object.
+pub fn clone_condition(o: &Value, ty: &str) -> Option<(String, String, String)> {
+    o["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == ty)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or("").to_string(),
+                c["reason"].as_str().unwrap_or("").to_string(),
+                c["message"].as_str().unwrap_or("").to_string(),
+            )
+        })
+}
+
+/// Names of objects of `kind` in `ns`.
+pub fn clone_names(h: &Server, kind: &str, ns: &str) -> Vec<String> {
+    h.client()
+        .list(
+            api::registry::lookup(kind).unwrap_or_else(|| panic!("{kind} registered")),
+            Some(ns),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("list {kind}: {e}"))["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["metadata"]["name"].as_str().map(String::from))
+        .collect()
+}
+
+/// Runs `vmsnap` and asserts success, returning stdout.
+pub fn clone_vmsnap_ok(h: &Server, args: &[&str]) -> String {
+    let out = h.vmsnap(args);
+    assert!(
+        out.status.success(),
+        "vmsnap {args:?} failed:\nstdout: {}\nstderr: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        h.log()
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stops a VM with the CLI and waits for its VMI to go.
+pub fn clone_stop(h: &VmHost, ns: &str, name: &str) {
+    clone_vmsnap_ok(h, &["-n", ns, "stop", name]);
+    h.wait_for("VMI gone", Duration::from_secs(90), || {
+        h.vmi(ns, name).is_none().then_some(())
+    });
+}
+
+/// The md5 of a host file.
+pub fn clone_md5(path: &Path) -> String {
+    let out = Command::new("md5sum").arg(path).output().expect("md5sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
