@@ -296,23 +296,8 @@ impl SnapshotBackend for PoolBackend {
                 Err(e) => return Err(e),
             }
         }
-        // Record the snapshot's uid in the content, as the snapshot controller does when it
-        // binds: a content bound to a uid follows its deletion policy once that snapshot goes.
-        let vs_uid = store
-            .get(vsres, namespace, handle)
-            .map(|v| meta::uid(&v).to_string())?;
-        let c = store.get(contents, "", &cname)?;
-        if c["spec"]["volumeSnapshotRef"]["uid"].as_str() != Some(vs_uid.as_str()) {
-            crate::runtime::update_with(
-                store,
-                contents,
-                &crate::ObjectKey::new("", &cname),
-                |o| {
-                    o["spec"]["volumeSnapshotRef"]["uid"] = json!(vs_uid);
-                },
-            )?;
-        }
-        // Bind it now rather than waiting for the VolumeSnapshot controller's pass.
+        // Bind it now rather than waiting for the VolumeSnapshot controller's pass; binding
+        // records the snapshot's uid in the content.
         self.0
             .reconcile_volume_snapshot(&crate::ObjectKey::new(namespace, handle))?;
         Ok(())

@@ -322,7 +322,28 @@ impl Pools {
     }
 
     fn bind_preprovisioned(&self, key: &ObjectKey, vs: &Value, cname: &str) -> api::Result<Action> {
-        let content = ignore_not_found(self.store.get(util::snapshot_contents(), "", cname))?;
+        let mut content = ignore_not_found(self.store.get(util::snapshot_contents(), "", cname))?;
+        // Binding records the snapshot's uid in the content, as the external-snapshotter does:
+        // both deletion paths (snapshot deleted -> content follows its policy) key on it.
+        if let Some(c) = &content {
+            let r = &c["spec"]["volumeSnapshotRef"];
+            let names_us = r["name"].as_str() == Some(meta::name(vs))
+                && r["namespace"].as_str() == Some(meta::namespace(vs));
+            if names_us && r["uid"].as_str() != Some(meta::uid(vs)) {
+                let uid = meta::uid(vs).to_string();
+                content = Some(update_with(
+                    self.store.as_ref(),
+                    util::snapshot_contents(),
+                    &ObjectKey::new("", cname),
+                    |o| o["spec"]["volumeSnapshotRef"]["uid"] = json!(uid),
+                )?);
+            }
+        }
+        if !meta::has_finalizer(vs, VS_FINALIZER) {
+            update_with(self.store.as_ref(), util::volume_snapshots(), key, |o| {
+                meta::add_finalizer(o, VS_FINALIZER);
+            })?;
+        }
         update_status_with(
             self.store.as_ref(),
             util::volume_snapshots(),
