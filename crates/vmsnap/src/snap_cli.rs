@@ -391,7 +391,8 @@ fn clone(c: &Client, a: CloneArgs) -> Result<()> {
         format!(
             "{}-clone-{}",
             a.source,
-            chrono::Utc::now().format("%Y%m%d-%H%M%S")
+            // Milliseconds, so that clones started together from a script get distinct names.
+            chrono::Utc::now().format("%Y%m%d-%H%M%S-%3f")
         )
     });
     let source = match &a.from_snapshot {

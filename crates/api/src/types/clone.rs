@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::collections::BTreeMap;
 
-pub const VOLUME_NAME_POLICIES: &[&str] = &["RandomizeNames"];
+pub const VOLUME_NAME_POLICIES: &[&str] = &["RandomizeNames", "PrefixTargetName"];
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -2,6 +2,14 @@
 //! a temporary snapshot, a temporary restore into the new VM with identity patches, cleanup.
 //! When a volume's storage cannot snapshot (seed 004's CDI fallback), the same API clones
 //! through host-assisted copies instead, with per-volume progress; the source must be stopped.
+//!
+//! The target is created Halted, as a restore into a new VM is (seed 004's flow labels it,
+//! then starts it; `vmsnap clone --start` does both). With the `clone.vmsnap.io/seal`
+//! annotation its disks are sealed before its first boot; a run strategy asked for by the
+//! user's patches is applied after sealing. Beyond KubeVirt's fields the status records
+//! `strategy` (snapshot or copy, also in a CloneStrategy event), `volumeProgress` and
+//! `dataVolumes` (copy), `sealed` (the report), `snapshotIndications` (how the temporary
+//! snapshot was taken) and `snapshotUID` (to sweep its leftovers).
 
 pub mod seal;
 
@@ -12,7 +20,7 @@ use crate::runtime::{
     ignore_not_found, update_status_with, update_with, Action, ObjectKey, Reconciler,
 };
 use crate::snapshot::restore::restore_res;
-use crate::snapshot::vmsnapshot::{pvc_res, snapshot_res, vm_res, vm_volumes};
+use crate::snapshot::vmsnapshot::{content_res, pvc_res, snapshot_res, vm_res, vm_volumes};
 use crate::snapshot::{Eligibility, SnapshotBackend};
 use api::registry::{by_plural, Resource};
 use api::{meta, set_condition};
@@ -33,6 +41,9 @@ pub fn clone_res() -> &'static Resource {
 }
 fn dv_res() -> &'static Resource {
     by_plural("cdi.kubevirt.io", "datavolumes").expect("registered")
+}
+fn volume_snapshot_res() -> &'static Resource {
+    by_plural("snapshot.storage.k8s.io", "volumesnapshots").expect("registered")
 }
 fn vmi_res() -> &'static Resource {
     by_plural("kubevirt.io", "virtualmachineinstances").expect("registered")
@@ -199,9 +210,14 @@ impl CloneReconciler {
 
     /// Deletes the temporary snapshot and restore; with `target_too`, also a target VM this
     /// clone created and every claim or DataVolume made for it, so a cancelled or failed
-    /// clone leaves nothing behind.
+    /// clone leaves nothing behind. Objects are found by what marks them (the restore's
+    /// annotation, the clone's owner reference), not only by what the status recorded, so an
+    /// object created just before a crash or a cancel is found too. Returns true while any
+    /// of them still exists: callers repeat until it returns false, and because the restore
+    /// is among them, a claim its last reconcile created is swept on the next pass.
     fn cleanup_temporaries(&self, c: &Value, target_too: bool) -> api::Result<bool> {
         let ns = meta::namespace(c);
+        let uid = meta::uid(c);
         let mut pending = false;
         let del = |res: &'static Resource, name: &str, pending: &mut bool| -> api::Result<()> {
             if let Some(o) = ignore_not_found(self.store().get(res, ns, name))? {
@@ -216,72 +232,96 @@ impl CloneReconciler {
             }
             Ok(())
         };
-        let restore = ignore_not_found(self.store().get(restore_res(), ns, &Self::tmp_restore(c)))?;
+        // The restore records `<restore name>-<restore uid>` on the VM and claims it makes.
+        let restore_mark = format!("{}-", Self::tmp_restore(c));
+        let by_our_restore = |o: &Value| {
+            meta::annotation(o, crate::snapshot::LAST_RESTORE_ANNOTATION)
+                .is_some_and(|v| v.starts_with(&restore_mark))
+        };
+        let all = meta::LabelSelector::default();
+        let none = meta::FieldSelector::default();
         if target_too {
             let target = c["status"]["targetName"].as_str().unwrap_or("").to_string();
             if let Some(vm) = ignore_not_found(self.store().get(vm_res(), ns, &target))? {
-                let ours = meta::annotation(&vm, CLONED_BY) == Some(meta::uid(c))
-                    || restore.as_ref().is_some_and(|r| {
-                        meta::annotation(&vm, crate::snapshot::restore::CREATED_BY_RESTORE)
-                            == Some(meta::uid(r))
-                    });
-                if ours {
+                if meta::annotation(&vm, CLONED_BY) == Some(uid) || by_our_restore(&vm) {
                     del(vm_res(), &target, &mut pending)?;
                 }
             }
-            if let Some(r) = &restore {
-                for x in r["status"]["restores"].as_array().into_iter().flatten() {
-                    if let Some(claim) = x["persistentVolumeClaim"].as_str() {
-                        del(pvc_res(), claim, &mut pending)?;
-                    }
+            for pvc in self.store().list(pvc_res(), Some(ns), &all, &none)?.items {
+                if by_our_restore(&pvc) {
+                    del(pvc_res(), meta::name(&pvc), &mut pending)?;
                 }
             }
-            for dv in c["status"]["dataVolumes"]
+            let mut dvs: Vec<String> = c["status"]["dataVolumes"]
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|d| d.as_str())
-            {
+                .filter_map(|d| d.as_str().map(String::from))
+                .collect();
+            for dv in self.store().list(dv_res(), Some(ns), &all, &none)?.items {
+                if meta::owner_uids(&dv).iter().any(|u| u == uid) {
+                    dvs.push(meta::name(&dv).to_string());
+                }
+            }
+            dvs.sort();
+            dvs.dedup();
+            for dv in &dvs {
                 del(dv_res(), dv, &mut pending)?;
                 del(pvc_res(), dv, &mut pending)?;
             }
         }
         del(restore_res(), &Self::tmp_restore(c), &mut pending)?;
         del(snapshot_res(), &Self::tmp_snapshot(c), &mut pending)?;
-        Ok(pending)
-    }
-
-    fn seal_target(&self, c: &Value, target: &Value) -> api::Result<Option<String>> {
-        if meta::annotation(c, SEAL_ANNOTATION) != Some("true") {
-            return Ok(None);
-        }
-        let ns = meta::namespace(c);
-        let mut tools = Vec::new();
-        for v in vm_volumes(&target["spec"]) {
-            let Some(claim) = v.claim else { continue };
-            let (path, format) = self.backend.attachment(ns, &claim)?;
-            let r = seal::seal_image(&path, &format)?;
-            tools.push(format!(
-                "{}: {} ({})",
-                v.name,
-                r.tool,
-                if r.actions.is_empty() {
-                    "nothing to reset".into()
-                } else {
-                    r.actions.join(", ")
+        // The temporary snapshot's content and volume snapshots go with it; they count as
+        // pending until gone, so "Succeeded" means nothing temporary is left. Once the
+        // snapshot object is gone, leftovers are deleted here too.
+        if let Some(snap_uid) = c["status"]["snapshotUID"].as_str() {
+            let content = format!("vmsnapshot-content-{snap_uid}");
+            let snap_gone = !pending;
+            if let Some(o) = ignore_not_found(self.store().get(content_res(), ns, &content))? {
+                pending = true;
+                if snap_gone && !meta::is_deleting(&o) {
+                    del(content_res(), &content, &mut pending)?;
                 }
-            ));
+            }
+            let prefix = format!("vmsnapshot-{snap_uid}-volume-");
+            for vs in self
+                .store()
+                .list(volume_snapshot_res(), Some(ns), &all, &none)?
+                .items
+            {
+                if meta::name(&vs).starts_with(&prefix) {
+                    pending = true;
+                    if snap_gone && !meta::is_deleting(&vs) {
+                        del(volume_snapshot_res(), meta::name(&vs), &mut pending)?;
+                    }
+                }
+            }
         }
-        Ok(Some(tools.join("; ")))
+        Ok(pending)
     }
 
     async fn finish(&self, c: &Value, target_name: &str, strategy: &str) -> api::Result<Action> {
         let key = ObjectKey::of(c);
         let ns = meta::namespace(c);
         let target = self.store().get(vm_res(), ns, target_name)?;
-        if c["status"]["sealed"].is_null() {
-            match self.seal_target(c, &target) {
-                Ok(Some(report)) => {
+        if c["status"]["sealed"].is_null() && meta::annotation(c, SEAL_ANNOTATION) == Some("true") {
+            // The target was created Halted so that it is sealed before its first boot.
+            if ignore_not_found(self.store().get(vmi_res(), ns, target_name))?.is_some() {
+                return self.fail(
+                    c,
+                    "SealFailed",
+                    "the clone's VM started before its guest identity was reset",
+                );
+            }
+            let c2 = c.clone();
+            let t2 = target.clone();
+            let this = self.backend.clone();
+            let sealed = tokio::task::spawn_blocking(move || seal_volumes(this.as_ref(), &c2, &t2))
+                .await
+                .map_err(|e| api::Error::internal(e.to_string()))?;
+            match sealed {
+                Ok(report) => {
                     update_status_with(self.store(), clone_res(), &key, |o| {
                         o["status"]["sealed"] = json!(report);
                     })?;
@@ -292,7 +332,6 @@ impl CloneReconciler {
                         &format!("guest identity reset: {report}"),
                     );
                 }
-                Ok(None) => {}
                 Err(e) => {
                     return self.fail(
                         c,
@@ -301,9 +340,34 @@ impl CloneReconciler {
                     )
                 }
             }
+            if let Some(rs) = c["status"]["targetRunStrategy"].as_str() {
+                let rs = rs.to_string();
+                update_with(
+                    self.store(),
+                    vm_res(),
+                    &ObjectKey::new(ns, target_name),
+                    |o| o["spec"]["runStrategy"] = json!(rs),
+                )?;
+            }
         }
         if self.cleanup_temporaries(c, false)? {
             return Ok(Action::Requeue(Duration::from_millis(200)));
+        }
+        // The target's disks belong to it, as DataVolume templates do: deleting the clone VM
+        // later deletes them instead of leaving orphaned claims.
+        let restore_mark = format!("{}-", Self::tmp_restore(c));
+        for v in vm_volumes(&target["spec"]) {
+            let Some(claim) = v.claim else { continue };
+            let Some(pvc) = ignore_not_found(self.store().get(pvc_res(), ns, &claim))? else {
+                continue;
+            };
+            let ours = meta::annotation(&pvc, crate::snapshot::LAST_RESTORE_ANNOTATION)
+                .is_some_and(|m| m.starts_with(&restore_mark));
+            if ours && meta::owner_uids(&pvc).is_empty() {
+                update_with(self.store(), pvc_res(), &ObjectKey::new(ns, &claim), |o| {
+                    meta::set_owner(o, &target);
+                })?;
+            }
         }
         // Deleting the target later deletes this clone, as in KubeVirt.
         update_with(self.store(), clone_res(), &key, |o| {
@@ -334,6 +398,9 @@ impl CloneReconciler {
         Ok(Action::AwaitChange)
     }
 
+    /// The snapshot path: the source snapshot (the user's, or a temporary one of the VM),
+    /// then a temporary restore into the new target with the identity patches. Each step is
+    /// re-entered on every reconcile, so it must decide from the stored state alone.
     async fn by_snapshot(
         &self,
         c: &Value,
@@ -342,6 +409,8 @@ impl CloneReconciler {
     ) -> api::Result<Action> {
         let key = ObjectKey::of(c);
         let ns = meta::namespace(c);
+        let uid = meta::uid(c);
+        let phase = c["status"]["phase"].as_str().unwrap_or("").to_string();
         let from_snapshot = c["spec"]["source"]["kind"] == "VirtualMachineSnapshot";
         let snap_name = if from_snapshot {
             c["spec"]["source"]["name"]
@@ -351,58 +420,88 @@ impl CloneReconciler {
         } else {
             Self::tmp_snapshot(c)
         };
-        if c["status"]["phase"]
-            .as_str()
-            .is_none_or(|p| p.is_empty() || p == "SnapshotInProgress")
-        {
-            let snap = match ignore_not_found(self.store().get(snapshot_res(), ns, &snap_name))? {
-                Some(s) => s,
-                None if from_snapshot => {
-                    return self.fail(
-                        c,
-                        "SnapshotDeleted",
-                        &format!("source snapshot {snap_name:?} was deleted"),
-                    )
+        // Once the restore made the target, the rest is finishing (the temporaries may
+        // already be gone).
+        if phase == "CreatingTargetVM" {
+            if let Some(vm) = ignore_not_found(self.store().get(vm_res(), ns, target_name))? {
+                if meta::annotation(&vm, CLONED_BY) == Some(uid) {
+                    return self.finish(c, target_name, "snapshot").await;
                 }
-                None => {
-                    let mut s = json!({
-                        "apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineSnapshot",
-                        "metadata": {"name": snap_name, "namespace": ns},
-                        "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": meta::name(source_vm)}},
-                    });
-                    meta::set_owner(&mut s, c);
-                    let s = api::admit(snapshot_res(), s, api::FieldValidation::Strict)?.object;
-                    match self.store().create(snapshot_res(), s) {
-                        Ok(s) => s,
-                        Err(e) if e.is(api::ErrorKind::AlreadyExists) => {
-                            self.store().get(snapshot_res(), ns, &snap_name)?
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-            };
-            update_status_with(self.store(), clone_res(), &key, |o| {
-                o["status"]["snapshotName"] = json!(snap_name);
-            })?;
-            if snap["status"]["phase"] == "Failed" {
+            }
+        }
+        let snap = ignore_not_found(self.store().get(snapshot_res(), ns, &snap_name))?
+            .filter(|s| !meta::is_deleting(s));
+        let snap = match snap {
+            Some(s) => s,
+            // Gone after this clone started using it: KubeVirt's SnapshotDeleted.
+            None if from_snapshot || c["status"]["snapshotName"].is_string() => {
                 return self.fail(
                     c,
-                    "SnapshotFailed",
-                    &format!(
-                        "snapshot {snap_name:?} failed: {}",
-                        snap["status"]["error"]["message"].as_str().unwrap_or("")
-                    ),
-                );
+                    "SnapshotDeleted",
+                    &format!("snapshot {snap_name:?} was deleted before the clone finished"),
+                )
             }
-            if snap["status"]["readyToUse"] != true {
-                self.set_phase(
-                    &key,
-                    "SnapshotInProgress",
-                    "SnapshotInProgress",
-                    &format!("waiting for snapshot {snap_name:?}"),
-                )?;
-                return Ok(Action::Requeue(Duration::from_millis(200)));
+            None => {
+                let mut s = json!({
+                    "apiVersion": "snapshot.kubevirt.io/v1beta1", "kind": "VirtualMachineSnapshot",
+                    "metadata": {"name": snap_name, "namespace": ns},
+                    "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine", "name": meta::name(source_vm)}},
+                });
+                meta::set_owner(&mut s, c);
+                let s = api::admit(snapshot_res(), s, api::FieldValidation::Strict)?.object;
+                let s = match self.store().create(snapshot_res(), s) {
+                    Ok(s) => s,
+                    Err(e) if e.is(api::ErrorKind::AlreadyExists) => {
+                        self.store().get(snapshot_res(), ns, &snap_name)?
+                    }
+                    Err(e) => return Err(e),
+                };
+                let snap_uid = meta::uid(&s).to_string();
+                update_status_with(self.store(), clone_res(), &key, |o| {
+                    o["status"]["snapshotName"] = json!(snap_name);
+                    o["status"]["snapshotUID"] = json!(snap_uid);
+                })?;
+                s
             }
+        };
+        if c["status"]["snapshotName"].is_null()
+            || (!from_snapshot && c["status"]["snapshotUID"].is_null())
+        {
+            let snap_uid = meta::uid(&snap).to_string();
+            update_status_with(self.store(), clone_res(), &key, |o| {
+                o["status"]["snapshotName"] = json!(snap_name);
+                if !from_snapshot {
+                    o["status"]["snapshotUID"] = json!(snap_uid);
+                }
+            })?;
+        }
+        if snap["status"]["phase"] == "Failed" {
+            return self.fail(
+                c,
+                "SnapshotFailed",
+                &format!(
+                    "snapshot {snap_name:?} failed: {}",
+                    snap["status"]["error"]["message"].as_str().unwrap_or("")
+                ),
+            );
+        }
+        if snap["status"]["readyToUse"] != true {
+            self.set_phase(
+                &key,
+                "SnapshotInProgress",
+                "SnapshotInProgress",
+                &format!("waiting for snapshot {snap_name:?}"),
+            )?;
+            return Ok(Action::Requeue(Duration::from_millis(200)));
+        }
+        if phase != "RestoreInProgress" {
+            // The temporary snapshot goes away: keep how it was taken (online, guest agent).
+            let ind = snap["status"]["indications"].clone();
+            update_status_with(self.store(), clone_res(), &key, |o| {
+                if !ind.is_null() {
+                    o["status"]["snapshotIndications"] = ind.clone();
+                }
+            })?;
             self.set_phase(
                 &key,
                 "RestoreInProgress",
@@ -410,18 +509,16 @@ impl CloneReconciler {
                 "restoring the snapshot into the target",
             )?;
         }
-        if from_snapshot
-            && ignore_not_found(self.store().get(snapshot_res(), ns, &snap_name))?.is_none()
-        {
-            return self.fail(
-                c,
-                "SnapshotDeleted",
-                &format!("source snapshot {snap_name:?} was deleted"),
-            );
-        }
         let rname = Self::tmp_restore(c);
         let restore = match ignore_not_found(self.store().get(restore_res(), ns, &rname))? {
             Some(r) => r,
+            None if c["status"]["restoreName"].is_string() => {
+                return self.fail(
+                    c,
+                    "RestoreDeleted",
+                    &format!("the temporary restore {rname:?} was deleted before it completed"),
+                )
+            }
             None => {
                 if ignore_not_found(self.store().get(vm_res(), ns, target_name))?.is_some() {
                     return self.fail(
@@ -430,12 +527,14 @@ impl CloneReconciler {
                         &format!("VirtualMachine {target_name:?} already exists"),
                     );
                 }
-                let patches = match c["status"]["patches"].as_array() {
-                    Some(p) => p
-                        .iter()
-                        .filter_map(|x| x.as_str().map(String::from))
-                        .collect(),
-                    None => identity_patches(c, source_vm),
+                let (patches, run_strategy) = match c["status"]["patches"].as_array() {
+                    Some(p) => (
+                        p.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect(),
+                        c["status"]["targetRunStrategy"].as_str().map(String::from),
+                    ),
+                    None => restore_patches(c, source_vm),
                 };
                 let mut vpolicy = "RandomizeNames";
                 if c["spec"]["volumeNamePolicy"] == "PrefixTargetName" {
@@ -457,6 +556,9 @@ impl CloneReconciler {
                 update_status_with(self.store(), clone_res(), &key, |o| {
                     o["status"]["restoreName"] = json!(rname);
                     o["status"]["patches"] = json!(pcopy);
+                    if let Some(rs) = &run_strategy {
+                        o["status"]["targetRunStrategy"] = json!(rs);
+                    }
                 })?;
                 match self.store().create(restore_res(), r) {
                     Ok(r) => r,
@@ -483,26 +585,26 @@ impl CloneReconciler {
         if restore["status"]["complete"] != true {
             return Ok(Action::Requeue(Duration::from_millis(200)));
         }
+        let Some(vm) = ignore_not_found(self.store().get(vm_res(), ns, target_name))? else {
+            return Ok(Action::Requeue(Duration::from_millis(200)));
+        };
+        if meta::annotation(&vm, CLONED_BY) != Some(uid) {
+            let uid = uid.to_string();
+            update_with(
+                self.store(),
+                vm_res(),
+                &ObjectKey::new(ns, target_name),
+                |o| meta::set_annotation(o, CLONED_BY, &uid),
+            )?;
+        }
         self.set_phase(
             &key,
             "CreatingTargetVM",
             "CreatingTargetVM",
-            "waiting for the target VM",
+            "finishing the target VM",
         )?;
-        if let Some(vm) = ignore_not_found(self.store().get(vm_res(), ns, target_name))? {
-            if meta::annotation(&vm, CLONED_BY).is_none() {
-                let uid = meta::uid(c).to_string();
-                update_with(
-                    self.store(),
-                    vm_res(),
-                    &ObjectKey::new(ns, target_name),
-                    |o| meta::set_annotation(o, CLONED_BY, &uid),
-                )?;
-            }
-        } else {
-            return Ok(Action::Requeue(Duration::from_millis(200)));
-        }
-        self.finish(c, target_name, "snapshot").await
+        let c = self.store().get(clone_res(), ns, meta::name(c))?;
+        self.finish(&c, target_name, "snapshot").await
     }
 
     async fn by_copy(
@@ -658,9 +760,14 @@ impl CloneReconciler {
             if let Some(m) = vm["metadata"].as_object_mut() {
                 m.retain(|_, v| !v.is_null());
             }
-            let patches = identity_patches(c, source_vm);
+            let (patches, run_strategy) = restore_patches(c, source_vm);
             if let Err(e) = apply_patches(&mut vm, &patches) {
                 return self.fail(c, "InvalidPatch", &e);
+            }
+            if let Some(rs) = run_strategy {
+                update_status_with(self.store(), clone_res(), &key, |o| {
+                    o["status"]["targetRunStrategy"] = json!(rs);
+                })?;
             }
             meta::set_annotation(&mut vm, CLONED_BY, meta::uid(c));
             let vm = match api::admit(vm_res(), vm, api::FieldValidation::Strict) {
@@ -691,6 +798,51 @@ impl CloneReconciler {
         }
         self.finish(c, target_name, "copy").await
     }
+}
+
+/// Seals every claim of the target VM; returns a one-line report per volume.
+fn seal_volumes(backend: &dyn SnapshotBackend, c: &Value, target: &Value) -> api::Result<String> {
+    let ns = meta::namespace(c);
+    let mut tools = Vec::new();
+    for v in vm_volumes(&target["spec"]) {
+        let Some(claim) = v.claim else { continue };
+        let (path, format) = backend.attachment(ns, &claim)?;
+        let r = seal::seal_image(&path, &format)?;
+        tools.push(format!(
+            "{}: {} ({})",
+            v.name,
+            r.tool,
+            if r.actions.is_empty() {
+                "nothing to reset".into()
+            } else {
+                r.actions.join(", ")
+            }
+        ));
+    }
+    Ok(tools.join("; "))
+}
+
+/// The restore's patches: the identity patches with the user's, and when the clone is to be
+/// sealed, a final one keeping the target Halted until it is; the run strategy the user's
+/// patches asked for is returned to be set after sealing.
+fn restore_patches(c: &Value, source_vm: &Value) -> (Vec<String>, Option<String>) {
+    let mut patches = identity_patches(c, source_vm);
+    if meta::annotation(c, SEAL_ANNOTATION) != Some("true") {
+        return (patches, None);
+    }
+    // A restore creates a new VM Halted, then applies the patches: replay that on a copy.
+    let mut probe =
+        json!({"metadata": source_vm["metadata"].clone(), "spec": source_vm["spec"].clone()});
+    if let Some(m) = probe["spec"].as_object_mut() {
+        m.remove("running");
+    }
+    probe["spec"]["runStrategy"] = json!("Halted");
+    let wanted = apply_patches(&mut probe, &patches)
+        .ok()
+        .and_then(|_| probe["spec"]["runStrategy"].as_str().map(String::from))
+        .filter(|rs| rs != "Halted");
+    patches.push(json!({"op": "add", "path": "/spec/runStrategy", "value": "Halted"}).to_string());
+    (patches, wanted)
 }
 
 fn patches_of(r: &Value) -> Vec<Value> {
@@ -751,11 +903,18 @@ impl Reconciler for CloneReconciler {
                     meta::add_finalizer(o, CLONE_FINALIZER);
                 })?;
             }
-            if matches!(
-                c["status"]["phase"].as_str(),
-                Some("Succeeded") | Some("Failed")
-            ) {
+            let phase = c["status"]["phase"].as_str().unwrap_or("").to_string();
+            if phase == "Succeeded" {
                 return Ok(Action::AwaitChange);
+            }
+            if phase == "Failed" {
+                // A failed clone keeps nothing it made, including what a controller created
+                // while the failure was being recorded.
+                return Ok(if self.cleanup_temporaries(&c, true)? {
+                    Action::Requeue(Duration::from_millis(500))
+                } else {
+                    Action::AwaitChange
+                });
             }
             let ns = key.namespace.as_str();
             // The source: a VM, or a snapshot (whose content records the VM).
@@ -768,7 +927,9 @@ impl Reconciler for CloneReconciler {
                 .unwrap_or("")
                 .to_string();
             let source_vm: Value = if source_kind == "VirtualMachineSnapshot" {
-                match ignore_not_found(self.store().get(snapshot_res(), ns, &source_name))? {
+                match ignore_not_found(self.store().get(snapshot_res(), ns, &source_name))?
+                    .filter(|s| !meta::is_deleting(s))
+                {
                     Some(s) => {
                         let cname = s["status"]["virtualMachineSnapshotContentName"]
                             .as_str()
@@ -782,7 +943,7 @@ impl Reconciler for CloneReconciler {
                             None => {
                                 self.set_phase(
                                     key,
-                                    "",
+                                    "SnapshotInProgress",
                                     "SnapshotNotReady",
                                     &format!("waiting for snapshot {source_name:?} to be ready"),
                                 )?;
@@ -790,7 +951,9 @@ impl Reconciler for CloneReconciler {
                             }
                         }
                     }
-                    None if c["status"]["phase"].is_string() && c["status"]["phase"] != "" => {
+                    // The restore is complete: only finishing is left, which needs no source.
+                    None if phase == "CreatingTargetVM" => Value::Null,
+                    None if !phase.is_empty() => {
                         return self.fail(
                             &c,
                             "SnapshotDeleted",
@@ -820,6 +983,12 @@ impl Reconciler for CloneReconciler {
             } else {
                 match ignore_not_found(self.store().get(vm_res(), ns, &source_name))? {
                     Some(vm) => (*vm).clone(),
+                    // The snapshot is taken: the restore works from it, not from the VM.
+                    None if c["status"]["strategy"] == "snapshot"
+                        && matches!(phase.as_str(), "RestoreInProgress" | "CreatingTargetVM") =>
+                    {
+                        Value::Null
+                    }
                     None => {
                         update_status_with(self.store(), clone_res(), key, |o| {
                             set_condition(
@@ -932,5 +1101,21 @@ mod tests {
         );
         assert!(obj["spec"]["template"]["spec"]["domain"]["firmware"]["uuid"].is_string());
         assert_eq!(obj["metadata"]["labels"], json!({"keep": "1"}));
+    }
+
+    #[test]
+    fn sealing_keeps_the_target_halted_until_sealed() {
+        let vm = json!({"metadata": {}, "spec": {"running": true, "template": {"spec": {"domain": {"devices": {}}}}}});
+        let plain = json!({"metadata": {}, "spec": {}});
+        let (p, rs) = restore_patches(&plain, &vm);
+        assert_eq!(rs, None);
+        assert!(!p.iter().any(|x| x.contains("runStrategy")));
+        let sealed = json!({"metadata": {"annotations": {SEAL_ANNOTATION: "true"}}, "spec": {
+            "patches": [r#"{"op": "replace", "path": "/spec/runStrategy", "value": "Always"}"#]}});
+        let (p, rs) = restore_patches(&sealed, &vm);
+        assert_eq!(rs.as_deref(), Some("Always"));
+        let last: Value = serde_json::from_str(p.last().unwrap()).unwrap();
+        assert_eq!(last["path"], "/spec/runStrategy");
+        assert_eq!(last["value"], "Halted");
     }
 }

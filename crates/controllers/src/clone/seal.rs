@@ -9,7 +9,8 @@ use std::process::Command;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealReport {
-    pub tool: &'static str,
+    /// The tool that ran, and for the built-in reset why virt-sysprep did not.
+    pub tool: String,
     pub actions: Vec<String>,
 }
 
@@ -21,7 +22,10 @@ fn have(cmd: &str) -> bool {
 
 /// Seals one disk image. The VM must be stopped.
 pub fn seal_image(path: &Path, format: &str) -> api::Result<SealReport> {
-    if have("virt-sysprep") && std::env::var_os("VMSNAP_SEAL_BUILTIN").is_none() {
+    let mut why_builtin = "virt-sysprep is not installed".to_string();
+    if std::env::var_os("VMSNAP_SEAL_BUILTIN").is_some() {
+        why_builtin = "VMSNAP_SEAL_BUILTIN is set".into();
+    } else if have("virt-sysprep") {
         let out = Command::new("virt-sysprep")
             .arg("-a")
             .arg(path)
@@ -37,7 +41,7 @@ pub fn seal_image(path: &Path, format: &str) -> api::Result<SealReport> {
             .map_err(|e| Error::internal(format!("cannot run virt-sysprep: {e}")))?;
         if out.status.success() {
             return Ok(SealReport {
-                tool: "virt-sysprep",
+                tool: "virt-sysprep".into(),
                 actions: vec![
                     "machine-id".into(),
                     "ssh-hostkeys".into(),
@@ -46,7 +50,12 @@ pub fn seal_image(path: &Path, format: &str) -> api::Result<SealReport> {
                 ],
             });
         }
-        tracing::warn!(stderr = %String::from_utf8_lossy(&out.stderr), "virt-sysprep failed; trying the built-in reset");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        tracing::warn!(%stderr, "virt-sysprep failed; trying the built-in reset");
+        why_builtin = format!(
+            "virt-sysprep failed: {}",
+            stderr.lines().last().unwrap_or("").trim()
+        );
     }
     if format != "raw" {
         return Err(Error::unsupported(format!(
@@ -56,7 +65,7 @@ pub fn seal_image(path: &Path, format: &str) -> api::Result<SealReport> {
     if !have("debugfs") {
         return Err(Error::precondition("cannot seal: neither virt-sysprep (libguestfs-tools) nor debugfs (e2fsprogs) is installed"));
     }
-    seal_ext4(path)
+    seal_ext4(path, &why_builtin)
 }
 
 fn debugfs(path: &Path, script: &str) -> api::Result<String> {
@@ -103,7 +112,7 @@ fn ls(path: &Path, dir: &str) -> api::Result<Vec<String>> {
         .collect())
 }
 
-fn seal_ext4(path: &Path) -> api::Result<SealReport> {
+fn seal_ext4(path: &Path, why_builtin: &str) -> api::Result<SealReport> {
     // Refuse anything that is not an ext filesystem at offset 0: the built-in reset does not
     // read partition tables, and must not write into a disk it does not understand.
     let probe = Command::new("dumpe2fs").arg("-h").arg(path).output();
@@ -151,7 +160,7 @@ fn seal_ext4(path: &Path) -> api::Result<SealReport> {
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(SealReport {
-        tool: "debugfs (built-in ext4 reset)",
+        tool: format!("debugfs (built-in ext4 reset; {why_builtin})"),
         actions,
     })
 }
