@@ -29,6 +29,12 @@ impl Server {
     }
 
     pub fn start_with(extra: &[&str]) -> Server {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// Like `start_with`, with extra environment variables for the first `vmsnap serve` (test
+    /// hooks). A later `spawn()` restarts without them.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
         let dir = tempfile::Builder::new()
             .prefix("vmsnap-test-")
             .tempdir()
@@ -39,7 +45,7 @@ impl Server {
             child: None,
             extra_args: extra.iter().map(|s| s.to_string()).collect(),
         };
-        s.spawn();
+        s.spawn_with_env(env);
         s
     }
 
@@ -53,6 +59,11 @@ impl Server {
 
     /// Starts (or restarts) the server process on the same data dir and port.
     pub fn spawn(&mut self) {
+        self.spawn_with_env(&[])
+    }
+
+    /// Starts (or restarts) the server with extra environment variables.
+    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -66,6 +77,7 @@ impl Server {
             .arg(format!("127.0.0.1:{}", self.port))
             .args(&self.extra_args)
             .env("VMSNAP_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -393,49 +405,6 @@ pub fn guest_vm(name: &str, run_strategy: &str, volume: Value) -> Value {
 
 // --- snapshot and restore test helpers (issue 5) ---
 
-impl Server {
-    /// Like `start_with`, with extra environment variables for the first `vmsnap serve` (test
-    /// hooks). A later `spawn()` restarts without them.
-    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let dir = tempfile::Builder::new()
-            .prefix("vmsnap-test-")
-            .tempdir()
-            .expect("tempdir");
-        let mut s = Server {
-            dir,
-            port: free_port(),
-            child: None,
-            extra_args: extra.iter().map(|s| s.to_string()).collect(),
-        };
-        s.spawn_with_env(env);
-        s
-    }
-
-    /// Starts (or restarts) the server with extra environment variables.
-    pub fn spawn_with_env(&mut self, env: &[(&str, &str)]) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("serve.log"))
-            .expect("log");
-        let child = Command::new(env!("CARGO_BIN_EXE_vmsnap"))
-            .arg("serve")
-            .arg("--data-dir")
-            .arg(self.dir.path())
-            .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
-            .args(&self.extra_args)
-            .env("VMSNAP_LOG", "info")
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn vmsnap serve");
-        self.child = Some(child);
-        self.wait_ready();
-    }
-}
-
 impl VmHost {
     /// A TCG VM server whose first `vmsnap serve` gets `env` (test hooks).
     pub fn start_with_env(env: &[(&str, &str)]) -> VmHost {
@@ -481,6 +450,31 @@ pub fn snap_lab_vm(
     class: Option<&str>,
     data_class: Option<&str>,
 ) {
+    lab_vm_with_meta(
+        h,
+        ns,
+        name,
+        run_strategy,
+        class,
+        data_class,
+        Value::Null,
+        Value::Null,
+    );
+}
+
+/// The lab VM of `snap_lab_vm`, with `meta` merged into the VM's metadata and
+/// `template_meta` into its template's.
+#[allow(clippy::too_many_arguments)]
+pub fn lab_vm_with_meta(
+    h: &VmHost,
+    ns: &str,
+    name: &str,
+    run_strategy: &str,
+    class: Option<&str>,
+    data_class: Option<&str>,
+    meta: Value,
+    template_meta: Value,
+) {
     let img = virt_guest_dir().join("rootfs.img");
     let root = format!("{name}-root");
     let mut args = vec![
@@ -518,6 +512,12 @@ pub fn snap_lab_vm(
         run_strategy,
         serde_json::json!({"name": "rootdisk", "dataVolume": {"name": root}}),
     );
+    for (k, v) in meta.as_object().into_iter().flatten() {
+        vm["metadata"][k] = v.clone();
+    }
+    for (k, v) in template_meta.as_object().into_iter().flatten() {
+        vm["spec"]["template"]["metadata"][k] = v.clone();
+    }
     let spec = &mut vm["spec"]["template"]["spec"];
     spec["domain"]["devices"]["disks"]
         .as_array_mut()
@@ -534,7 +534,7 @@ pub fn snap_lab_vm(
 
 /// Waits for the guest agent and the /data mount.
 pub fn snap_wait_guest(h: &VmHost, ns: &str, name: &str) {
-    h.wait_condition(ns, name, "AgentConnected", Duration::from_secs(90));
+    h.wait_condition(ns, name, "AgentConnected", Duration::from_secs(120));
     h.wait_for("/data mounted", Duration::from_secs(60), || {
         let (code, _, _) = h.sh(ns, name, "grep -q /data /proc/mounts");
         (code == 0).then_some(())
@@ -735,70 +735,12 @@ pub fn clone_lab_vm(
     meta: Value,
     template_meta: Value,
 ) {
-    let img = virt_guest_dir().join("rootfs.img");
-    let root = format!("{name}-root");
-    let mut args = vec![
-        "-n",
-        ns,
-        "image-upload",
-        "dv",
-        &root,
-        "--size",
-        "1Gi",
-        "--image-path",
-        img.to_str().expect("utf-8 path"),
-    ];
-    if let Some(c) = class {
-        args.extend(["--storage-class", c]);
-    }
-    let out = h.vmsnap(&args);
-    assert!(
-        out.status.success(),
-        "upload: {}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        h.log()
-    );
-    let mut dv = serde_json::json!({
-        "apiVersion": "cdi.kubevirt.io/v1beta1", "kind": "DataVolume",
-        "metadata": {"name": format!("{name}-data")},
-        "spec": {"source": {"blank": {}}, "storage": {"resources": {"requests": {"storage": "256Mi"}}}}
-    });
-    if let Some(c) = class {
-        dv["spec"]["storage"]["storageClassName"] = serde_json::json!(c);
-    }
-    h.apply_json(ns, &dv);
-    let mut vm = guest_vm(
-        name,
-        run_strategy,
-        serde_json::json!({"name": "rootdisk", "dataVolume": {"name": root}}),
-    );
-    for (k, v) in meta.as_object().into_iter().flatten() {
-        vm["metadata"][k] = v.clone();
-    }
-    for (k, v) in template_meta.as_object().into_iter().flatten() {
-        vm["spec"]["template"]["metadata"][k] = v.clone();
-    }
-    let spec = &mut vm["spec"]["template"]["spec"];
-    spec["domain"]["devices"]["disks"]
-        .as_array_mut()
-        .expect("disks")
-        .push(serde_json::json!({"name": "datadisk", "disk": {"bus": "virtio"}}));
-    spec["volumes"].as_array_mut().expect("volumes").push(
-        serde_json::json!({"name": "datadisk", "dataVolume": {"name": format!("{name}-data")}}),
-    );
-    h.apply_json(ns, &vm);
-    if run_strategy == "Always" {
-        clone_wait_guest(h, ns, name);
-    }
+    lab_vm_with_meta(h, ns, name, run_strategy, class, class, meta, template_meta);
 }
 
 /// Waits for the guest agent and the /data mount (busybox: no `mountpoint`).
 pub fn clone_wait_guest(h: &VmHost, ns: &str, name: &str) {
-    h.wait_condition(ns, name, "AgentConnected", Duration::from_secs(120));
-    h.wait_for("/data mounted", Duration::from_secs(60), || {
-        let (code, _, _) = h.sh(ns, name, "grep -q /data /proc/mounts");
-        (code == 0).then_some(())
-    });
+    snap_wait_guest(h, ns, name);
 }
 
 /// The VirtualMachineClone, or None.
