@@ -203,6 +203,59 @@ impl Client {
         Ok((status, body))
     }
 
+    /// POSTs a body streamed from `reader` (`len` bytes), for uploads too large to buffer.
+    /// Answers JSON like every other call.
+    pub fn post_stream(
+        &self,
+        path: &str,
+        content_type: &str,
+        reader: &mut dyn Read,
+        len: u64,
+    ) -> Result<Value> {
+        let url = format!("{}{}", self.server, path);
+        let auth = if self.token.is_empty() {
+            "Bearer -".to_string()
+        } else {
+            format!("Bearer {}", self.token)
+        };
+        let mut resp = self
+            .agent
+            .post(&url)
+            .header("Authorization", &auth)
+            .header("Content-Type", content_type)
+            .header("Content-Length", &len.to_string())
+            .send(ureq::SendBody::from_reader(reader))
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Timeout,
+                    format!("upload to {} failed: {e}", self.server),
+                )
+            })?;
+        let status = resp.status().as_u16();
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(64 * 1024 * 1024)
+            .read_to_vec()
+            .map_err(|e| Error::internal(format!("reading the response: {e}")))?;
+        Self::decode(status, &bytes)
+    }
+
+    fn decode(status: u16, bytes: &[u8]) -> Result<Value> {
+        let v: Value = serde_json::from_slice(bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()));
+        if (200..300).contains(&status) {
+            Ok(v)
+        } else if v["kind"] == "Status" {
+            Err(Error::from_status(&v))
+        } else {
+            Err(Error::internal(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(bytes)
+            )))
+        }
+    }
+
     fn json(&self, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Result<Value> {
         let (status, bytes) = self.raw(method, path, body, None)?;
         let v: Value = serde_json::from_slice(&bytes)

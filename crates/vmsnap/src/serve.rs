@@ -168,6 +168,32 @@ async fn serve(
             metrics: metrics.clone(),
         }));
         hooks.push(Arc::new(SnapshotAdmission));
+        // `vmsnap_snapshot_bytes`: the restore size of every ready VolumeSnapshot, i.e. the
+        // logical bytes snapshots hold (CoW pools share most of them with live volumes).
+        let (m, st) = (metrics.clone(), store.clone());
+        tokio::spawn(async move {
+            let vs = api::registry::by_plural("snapshot.storage.k8s.io", "volumesnapshots")
+                .expect("registered");
+            loop {
+                let all = api::meta::LabelSelector::default();
+                let none = api::meta::FieldSelector::default();
+                if let Ok(l) = st.list(vs, None, &all, &none) {
+                    let bytes: u64 = l
+                        .items
+                        .iter()
+                        .filter(|s| s["status"]["readyToUse"] == true)
+                        .filter_map(|s| {
+                            s["status"]["restoreSize"]
+                                .as_str()
+                                .and_then(api::types::parse_quantity)
+                                .or_else(|| s["status"]["restoreSize"].as_u64())
+                        })
+                        .sum();
+                    m.snapshot_bytes.set(bytes);
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+            }
+        });
     }
     // --- end snapshot ---
     let _ = &ctx;

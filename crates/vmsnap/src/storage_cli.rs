@@ -309,30 +309,6 @@ fn wait_phase(c: &Client, ns: &str, name: &str, phase: &str, timeout: Duration) 
     }
 }
 
-/// The bearer token and CA of the current kubeconfig context.
-fn credentials() -> Result<(String, Option<Vec<u8>>)> {
-    use base64::Engine;
-    let path = client::kubeconfig_path();
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::precondition(format!("kubeconfig {}: {e}", path.display())))?;
-    let kc: Value = serde_saphyr::from_str(&text)
-        .map_err(|e| Error::precondition(format!("kubeconfig {}: {e}", path.display())))?;
-    let ctx_name = kc["current-context"].as_str().unwrap_or("");
-    let find = |list: &str, name: &str| -> Value {
-        kc[list]
-            .as_array()
-            .and_then(|a| a.iter().find(|e| e["name"].as_str() == Some(name)).cloned())
-            .unwrap_or(Value::Null)
-    };
-    let ctx = find("contexts", ctx_name);
-    let cluster = find("clusters", ctx["context"]["cluster"].as_str().unwrap_or(""));
-    let user = find("users", ctx["context"]["user"].as_str().unwrap_or(""));
-    let ca = cluster["cluster"]["certificate-authority-data"]
-        .as_str()
-        .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok());
-    Ok((user["user"]["token"].as_str().unwrap_or("").to_string(), ca))
-}
-
 /// Counts bytes read into the progress bar.
 struct Counting<R> {
     inner: R,
@@ -355,23 +331,8 @@ fn upload_into(c: &Client, ns: &str, name: &str, path: &Path, timeout: Duration)
         .map_err(|e| Error::bad_request(format!("cannot stat {}: {e}", path.display())))?
         .len();
     wait_phase(c, ns, name, "UploadReady", timeout)?;
-    let (token, ca) = credentials()?;
-    use ureq::tls::{Certificate, RootCerts, TlsConfig};
-    let mut tls = TlsConfig::builder();
-    if let Some(pem) = &ca {
-        let cert = Certificate::from_pem(pem)
-            .map_err(|e| Error::bad_request(format!("bad CA certificate: {e}")))?;
-        tls = tls.root_certs(RootCerts::new_with_certs(&[cert.to_owned()]));
-    }
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .tls_config(tls.build())
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let url = format!(
-        "{}/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/{ns}/datavolumes/{name}/upload",
-        c.server
-    );
+    let path_url =
+        format!("/apis/upload.cdi.kubevirt.io/v1beta1/namespaces/{ns}/datavolumes/{name}/upload");
     let bar = ProgressBar::new(len);
     bar.set_style(
         ProgressStyle::with_template(
@@ -384,38 +345,9 @@ fn upload_into(c: &Client, ns: &str, name: &str, path: &Path, timeout: Duration)
         inner: std::io::BufReader::with_capacity(1 << 20, file),
         bar: bar.clone(),
     };
-    let mut resp = agent
-        .post(&url)
-        .header(
-            "Authorization",
-            &format!("Bearer {}", if token.is_empty() { "-" } else { &token }),
-        )
-        .header("Content-Type", "application/octet-stream")
-        .header("Content-Length", &len.to_string())
-        .send(ureq::SendBody::from_reader(&mut reader))
-        .map_err(|e| {
-            Error::new(
-                ErrorKind::Timeout,
-                format!("upload to {} failed: {e}", c.server),
-            )
-        })?;
+    let v = c.post_stream(&path_url, "application/octet-stream", &mut reader, len);
     bar.finish_and_clear();
-    let status = resp.status().as_u16();
-    let body = resp
-        .body_mut()
-        .read_to_vec()
-        .map_err(|e| Error::internal(format!("reading the upload answer: {e}")))?;
-    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    if !(200..300).contains(&status) {
-        return Err(if v["kind"] == "Status" {
-            Error::from_status(&v)
-        } else {
-            Error::internal(format!(
-                "upload answered HTTP {status}: {}",
-                String::from_utf8_lossy(&body)
-            ))
-        });
-    }
+    let v = v?;
     eprintln!(
         "uploaded {} ({}, {} format) into datavolume {ns}/{name}",
         path.display(),
