@@ -17,7 +17,11 @@ pub struct VmGuest(pub Arc<VmRuntime>);
 struct Thaw(crate::vm::Frozen);
 impl Quiesce for Thaw {
     fn end(self: Box<Self>) -> BoxFuture<'static, api::Result<Duration>> {
-        Box::pin(async move { Ok(self.0.thaw().await?.window) })
+        Box::pin(async move {
+            let w = self.0.thaw().await?;
+            tracing::debug!(window = ?w.window, freeze = ?w.freeze_took, thaw = ?w.thaw_took, filesystems = w.filesystems, "guest thawed");
+            Ok(w.window)
+        })
     }
 }
 
@@ -156,16 +160,36 @@ impl SnapshotBackend for PoolBackend {
         }
     }
 
-    fn take(&self, namespace: &str, claim: &str, handle: &str) -> api::Result<TakenSnapshot> {
+    fn prepare(&self, namespace: &str, claim: &str, handle: &str) -> api::Result<()> {
         let (driver, vol) = self.0.driver_for_claim(namespace, claim)?;
         let snap = SnapName::new(handle.to_string()).api()?;
-        // A snapshot left by an interrupted attempt may predate the current quiesce: replace it.
+        // A snapshot left by an interrupted attempt predates the coming quiesce: drop it now.
         match driver.delete_snapshot(&vol, &snap) {
             Ok(()) => {}
             Err(e) if e.kind() == storage::ErrorKind::NotFound => {}
             Err(e) => return Err(crate::storage::errors::api_error(e)),
         }
-        let info = driver.create_snapshot(&vol, &snap).api()?;
+        // Write back what the host caches for the image, so the snapshot inside the window
+        // does not have to.
+        let a = driver.attachment(&vol).api()?;
+        if let Ok(f) = std::fs::File::open(&a.path) {
+            let _ = f.sync_data();
+        }
+        Ok(())
+    }
+
+    fn take(&self, namespace: &str, claim: &str, handle: &str) -> api::Result<TakenSnapshot> {
+        let (driver, vol) = self.0.driver_for_claim(namespace, claim)?;
+        let snap = SnapName::new(handle.to_string()).api()?;
+        let info = match driver.create_snapshot(&vol, &snap) {
+            Ok(i) => i,
+            // Only a crash between prepare and here leaves one: it predates this quiesce.
+            Err(e) if e.kind() == storage::ErrorKind::AlreadyExists => {
+                driver.delete_snapshot(&vol, &snap).api()?;
+                driver.create_snapshot(&vol, &snap).api()?
+            }
+            Err(e) => return Err(crate::storage::errors::api_error(e)),
+        };
         Ok(TakenSnapshot {
             handle: format!("{vol}@{snap}"),
             restore_size: info.size,

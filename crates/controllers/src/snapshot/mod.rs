@@ -90,6 +90,12 @@ pub trait SnapshotBackend: Send + Sync {
     /// Whether a claim can be snapshotted: Bound, on a class with a VolumeSnapshotClass (or a
     /// StorageProfile naming one), on a driver with snapshots.
     fn eligibility(&self, namespace: &str, claim: &str) -> api::Result<Eligibility>;
+    /// Gets a claim ready for a snapshot, outside the quiesce window: flushes the host's
+    /// cached writes of its volume and removes a stale snapshot an interrupted attempt left
+    /// under `handle`, so that `take` inside the window has as little to do as possible.
+    fn prepare(&self, _namespace: &str, _claim: &str, _handle: &str) -> api::Result<()> {
+        Ok(())
+    }
     /// Takes a storage snapshot of the claim's volume now (O(1) on CoW drivers). Idempotent
     /// for the same handle: an existing snapshot of that name is replaced.
     fn take(&self, namespace: &str, claim: &str, handle: &str) -> api::Result<TakenSnapshot>;

@@ -289,6 +289,17 @@ impl SnapshotReconciler {
         let uid = meta::uid(snap).to_string();
         let mut indications: Vec<(&'static str, String)> = Vec::new();
         let state = self.guest.state(ns, vm_name).await;
+        for (v, claim) in volumes {
+            let handle = volume_snapshot_name(&uid, &v.name);
+            let backend = self.backend.clone();
+            let (ns2, claim2) = (ns.to_string(), claim.clone());
+            tokio::task::spawn_blocking(move || backend.prepare(&ns2, &claim2, &handle))
+                .await
+                .map_err(|e| {
+                    TakeError::Other(Error::internal(format!("snapshot task failed: {e}")))
+                })?
+                .map_err(TakeError::Other)?;
+        }
         test_pause_at("before-quiesce").await;
         let quiesce: Option<(Box<dyn Quiesce>, &'static str)> = match state {
             GuestState::Stopped => None,
@@ -354,25 +365,29 @@ impl SnapshotReconciler {
             }
         };
         test_pause_at("quiesced").await;
-        // Inside the quiesce: only the storage snapshots, nothing that waits on controllers.
+        // Inside the quiesce: only the storage snapshots, all volumes at once, nothing that
+        // waits on controllers.
+        let took = Instant::now();
+        let tasks: Vec<_> = volumes
+            .iter()
+            .map(|(v, claim)| {
+                let handle = volume_snapshot_name(&uid, &v.name);
+                let backend = self.backend.clone();
+                let (ns2, claim2) = (ns.to_string(), claim.clone());
+                let name = v.name.clone();
+                tokio::task::spawn_blocking(move || (name, backend.take(&ns2, &claim2, &handle)))
+            })
+            .collect();
         let mut sizes = Vec::new();
         let mut err = None;
-        for (v, claim) in volumes {
-            let handle = volume_snapshot_name(&uid, &v.name);
-            let backend = self.backend.clone();
-            let (ns2, claim2) = (ns.to_string(), claim.clone());
-            let r = tokio::task::spawn_blocking(move || backend.take(&ns2, &claim2, &handle))
-                .await
-                .map_err(|e| Error::internal(format!("snapshot task failed: {e}")))
-                .and_then(|r| r);
-            match r {
-                Ok(t) => sizes.push((v.name.clone(), t.restore_size)),
-                Err(e) => {
-                    err = Some(e);
-                    break;
-                }
+        for t in futures::future::join_all(tasks).await {
+            match t {
+                Ok((name, Ok(snap))) => sizes.push((name, snap.restore_size)),
+                Ok((_, Err(e))) => err = err.or(Some(e)),
+                Err(e) => err = err.or(Some(Error::internal(format!("snapshot task failed: {e}")))),
             }
         }
+        tracing::debug!(volumes = volumes.len(), took = ?took.elapsed(), "storage snapshots taken");
         let mut cancelled = false;
         if let Some(delay) = test_delay() {
             let until = Instant::now() + delay;
@@ -792,6 +807,8 @@ impl Reconciler for SnapshotReconciler {
                     .unwrap_or_default()
             })
             .unwrap_or_default();
+            // Unlock first: whoever sees Ready may change the VM right away.
+            self.unlock(&snap).await?;
             update_status_with(self.store(), snapshot_res(), key, |o| {
                 o["status"]["phase"] = json!("Succeeded");
                 o["status"]["readyToUse"] = json!(true);
@@ -806,7 +823,6 @@ impl Reconciler for SnapshotReconciler {
                 .get_or_create(&metrics::result("succeeded"))
                 .inc();
             self.metrics.snapshot_seconds.observe(created.as_secs_f64());
-            self.unlock(&snap).await?;
             Ok(Action::AwaitChange)
         })
     }
