@@ -363,6 +363,25 @@ pub fn clone(dir: &Path, runs: usize) -> Result<()> {
     // `cp --sparse=always` of the same image, side by side.
     make_vm(c, "copysrc", "1Gi", Some("vmsnap-dir"), false)?;
     let root = image_of(c, &srv.dir, "copysrc-root")?;
+    // 300 MiB of data in three extents, holes between, as a used data disk would have.
+    let data_img = image_of(c, &srv.dir, "copysrc-data")?;
+    for seek in [0u64, 400, 800] {
+        let ok = Command::new("dd")
+            .args([
+                "if=/dev/urandom",
+                "bs=1M",
+                "count=100",
+                "conv=notrunc,fsync",
+                "status=none",
+            ])
+            .arg(format!("of={}", data_img.display()))
+            .arg(format!("seek={seek}"))
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            return Err(Error::internal("could not fill the copy source"));
+        }
+    }
     let data_bytes = storage::allocated_bytes(&root).unwrap_or(0)
         + storage::allocated_bytes(&image_of(c, &srv.dir, "copysrc-data")?).unwrap_or(0);
     let mut ours = Vec::new();
