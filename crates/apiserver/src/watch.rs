@@ -1,7 +1,7 @@
 //! Watch: newline-delimited JSON events on a chunked response, flushed per event, with
 //! bookmarks and a server-side timeout, as kubectl's reflector expects.
 
-use crate::routes::{error_response, json_response, present};
+use crate::routes::{error_response, present};
 use crate::{table, State};
 use api::{meta, Error};
 use axum::body::Body;
@@ -116,7 +116,6 @@ pub(crate) async fn serve_watch(
             .await
             .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
     });
-    let _ = json_response;
     Ok((
         StatusCode::OK,
         [

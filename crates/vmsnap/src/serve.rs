@@ -55,11 +55,8 @@ async fn serve(
     }));
     let ctx = controllers::Context::new(store.clone(), data_dir.clone());
     let metrics = controllers::metrics::Metrics::new();
-    #[allow(unused_mut)]
     let mut vm_actions: Option<Arc<dyn apiserver::ext::VmActions>> = None;
-    #[allow(unused_mut)]
     let mut uploads: Option<Arc<dyn apiserver::ext::Uploads>> = None;
-    #[allow(unused_mut)]
     let mut hooks: Vec<Arc<dyn apiserver::AdmissionHook>> = Vec::new();
     // Like Incus, the default pool lives on a loop-mounted btrfs image when the data dir's
     // filesystem has no copy-on-write, so snapshots and clones stay O(1) on any host.
@@ -196,7 +193,6 @@ async fn serve(
         });
     }
     // --- end snapshot ---
-    let _ = &ctx;
     rt.start();
     controllers::gc::spawn_garbage_collector(store.clone());
     tracing::info!(data_dir = %data_dir.display(), "vmsnap is starting; kubeconfig at {}", data_dir.join("kubeconfig").display());

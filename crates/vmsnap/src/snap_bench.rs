@@ -3,7 +3,7 @@
 //! under the probed accelerator) through the public API, as a user would see them.
 
 use api::registry::lookup;
-use api::{meta, Error, Result};
+use api::{Error, Result};
 use client::Client;
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
@@ -449,6 +449,5 @@ pub fn clone(dir: &Path, runs: usize) -> Result<()> {
         mb / p
     );
     println!("  ratio vmsnap/cp throughput: {:.2}", p / o);
-    let _ = meta::name;
     Ok(())
 }
