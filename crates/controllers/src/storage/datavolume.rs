@@ -49,13 +49,7 @@ impl Reconciler for DataVolumeReconciler {
         ]
     }
     fn reconcile<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, api::Result<Action>> {
-        let pools = self.pools.clone();
-        let key = key.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || pools.reconcile_dv(&key))
-                .await
-                .map_err(|e| Error::internal(format!("datavolume reconcile panicked: {e}")))?
-        })
+        util::blocking_pass(&self.pools, key, "datavolume", Pools::reconcile_dv)
     }
 }
 

@@ -9,7 +9,7 @@ use super::pools::Pools;
 use super::util;
 use crate::runtime::{ignore_not_found, update_status_with, Action, Mapper, ObjectKey, Reconciler};
 use api::registry::Resource;
-use api::{meta, Error, ErrorKind};
+use api::{meta, ErrorKind};
 use futures::future::BoxFuture;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -45,13 +45,7 @@ impl Reconciler for StorageProfileReconciler {
         ]
     }
     fn reconcile<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, api::Result<Action>> {
-        let pools = self.pools.clone();
-        let key = key.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || pools.reconcile_profile(&key))
-                .await
-                .map_err(|e| Error::internal(format!("storageprofile reconcile panicked: {e}")))?
-        })
+        util::blocking_pass(&self.pools, key, "storageprofile", Pools::reconcile_profile)
     }
 }
 

@@ -108,13 +108,7 @@ impl Reconciler for PvcReconciler {
         ]
     }
     fn reconcile<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, api::Result<Action>> {
-        let pools = self.pools.clone();
-        let key = key.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || pools.reconcile_pvc(&key))
-                .await
-                .map_err(|e| Error::internal(format!("pvc reconcile panicked: {e}")))?
-        })
+        util::blocking_pass(&self.pools, key, "pvc", Pools::reconcile_pvc)
     }
 }
 

@@ -95,13 +95,12 @@ impl Reconciler for VolumeSnapshotReconciler {
         ]
     }
     fn reconcile<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, api::Result<Action>> {
-        let pools = self.pools.clone();
-        let key = key.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || pools.reconcile_volume_snapshot(&key))
-                .await
-                .map_err(|e| Error::internal(format!("volumesnapshot reconcile panicked: {e}")))?
-        })
+        util::blocking_pass(
+            &self.pools,
+            key,
+            "volumesnapshot",
+            Pools::reconcile_volume_snapshot,
+        )
     }
 }
 
@@ -122,15 +121,12 @@ impl Reconciler for ContentReconciler {
         vec![(util::volume_snapshots(), by_status)]
     }
     fn reconcile<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, api::Result<Action>> {
-        let pools = self.pools.clone();
-        let key = key.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || pools.reconcile_content(&key))
-                .await
-                .map_err(|e| {
-                    Error::internal(format!("volumesnapshotcontent reconcile panicked: {e}"))
-                })?
-        })
+        util::blocking_pass(
+            &self.pools,
+            key,
+            "volumesnapshotcontent",
+            Pools::reconcile_content,
+        )
     }
 }
 

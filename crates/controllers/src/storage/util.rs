@@ -179,6 +179,25 @@ pub fn now() -> String {
     meta::now_rfc3339()
 }
 
+/// Runs one blocking reconcile pass of the pools on the blocking pool: the storage passes do
+/// file-system work and must not hold an async worker.
+pub fn blocking_pass(
+    pools: &Arc<super::pools::Pools>,
+    key: &crate::runtime::ObjectKey,
+    what: &'static str,
+    pass: fn(
+        &super::pools::Pools,
+        &crate::runtime::ObjectKey,
+    ) -> api::Result<crate::runtime::Action>,
+) -> futures::future::BoxFuture<'static, api::Result<crate::runtime::Action>> {
+    let (pools, key) = (pools.clone(), key.clone());
+    Box::pin(async move {
+        tokio::task::spawn_blocking(move || pass(&pools, &key))
+            .await
+            .map_err(|e| api::Error::internal(format!("{what} reconcile panicked: {e}")))?
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

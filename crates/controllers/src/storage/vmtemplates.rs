@@ -5,7 +5,7 @@ use super::pools::Pools;
 use super::util;
 use crate::runtime::{ignore_not_found, map_to_owner, Action, Mapper, ObjectKey, Reconciler};
 use api::registry::Resource;
-use api::{meta, Error, ErrorKind};
+use api::{meta, ErrorKind};
 use futures::future::BoxFuture;
 use serde_json::json;
 use std::sync::Arc;
@@ -25,15 +25,12 @@ impl Reconciler for DataVolumeTemplateReconciler {
         vec![(util::data_volumes(), map_to_owner("VirtualMachine"))]
     }
     fn reconcile<'a>(&'a self, key: &'a ObjectKey) -> BoxFuture<'a, api::Result<Action>> {
-        let pools = self.pools.clone();
-        let key = key.clone();
-        Box::pin(async move {
-            tokio::task::spawn_blocking(move || pools.reconcile_templates(&key))
-                .await
-                .map_err(|e| {
-                    Error::internal(format!("datavolumetemplates reconcile panicked: {e}"))
-                })?
-        })
+        util::blocking_pass(
+            &self.pools,
+            key,
+            "datavolumetemplates",
+            Pools::reconcile_templates,
+        )
     }
 }
 
