@@ -96,23 +96,12 @@ fn wait(c: &Client, kind: &str, name: &str, done: impl Fn(&Value) -> bool) -> Re
 }
 
 fn guest_exec(c: &Client, vm: &str, script: &str) -> Result<Value> {
-    let path = format!(
-        "/apis/subresources.kubevirt.io/v1/namespaces/{}/virtualmachines/{vm}/guest-exec",
-        c.namespace
-    );
-    c.request(
-        "PUT",
-        &path,
-        Some(&json!({"command": ["/bin/sh", "-c", script], "timeoutSeconds": 120})),
-    )
+    let body = json!({"command": ["/bin/sh", "-c", script], "timeoutSeconds": 120});
+    crate::vm_cli::vm_action(c, vm, "guest-exec", &body)
 }
 
 fn vm_action(c: &Client, vm: &str, action: &str) -> Result<Value> {
-    let path = format!(
-        "/apis/subresources.kubevirt.io/v1/namespaces/{}/virtualmachines/{vm}/{action}",
-        c.namespace
-    );
-    c.request("PUT", &path, Some(&json!({})))
+    crate::vm_cli::vm_action(c, vm, action, &json!({}))
 }
 
 /// A VM with the guest image as root disk and a blank data disk of `data_size`, on `class`.

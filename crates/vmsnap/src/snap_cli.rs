@@ -119,11 +119,7 @@ pub fn run(c: &Client, cmd: SnapCmd) -> Result<()> {
         SnapCmd::Restore(a) => restore(c, a),
         SnapCmd::Clone(a) => clone(c, a),
         SnapCmd::Seal { vm } => {
-            let path = format!(
-                "/apis/subresources.kubevirt.io/v1/namespaces/{}/virtualmachines/{vm}/seal",
-                c.namespace
-            );
-            let out = c.request("PUT", &path, Some(&json!({})))?;
+            let out = crate::vm_cli::vm_action(c, &vm, "seal", &json!({}))?;
             for v in out["sealed"].as_array().into_iter().flatten() {
                 let actions: Vec<&str> = v["actions"]
                     .as_array()
@@ -510,11 +506,7 @@ fn clone(c: &Client, a: CloneArgs) -> Result<()> {
         println!("labels set on {target}");
     }
     if a.start {
-        let path = format!(
-            "/apis/subresources.kubevirt.io/v1/namespaces/{}/virtualmachines/{target}/start",
-            c.namespace
-        );
-        c.request("PUT", &path, Some(&json!({})))?;
+        crate::vm_cli::vm_action(c, &target, "start", &json!({}))?;
         println!("{target} starting");
     }
     Ok(())

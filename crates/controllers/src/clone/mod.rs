@@ -155,9 +155,7 @@ pub fn identity_patches(clone: &Value, source_vm: &Value) -> Vec<String> {
 
 fn apply_patches(obj: &mut Value, patches: &[String]) -> Result<(), String> {
     for text in patches {
-        let patch: json_patch::Patch = serde_json::from_str(text)
-            .or_else(|_| serde_json::from_str(&format!("[{text}]")))
-            .map_err(|e| format!("patch {text:?} is not a JSON patch: {e}"))?;
+        let patch = crate::snapshot::parse_patch(text)?;
         json_patch::patch(obj, &patch)
             .map_err(|e| format!("patch {text:?} could not be applied: {e}"))?;
     }

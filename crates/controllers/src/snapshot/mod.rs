@@ -121,6 +121,14 @@ pub trait SnapshotBackend: Send + Sync {
         -> api::Result<(std::path::PathBuf, String)>;
 }
 
+/// Parses one patch of a restore's or clone's `patches`: a JSON patch array, or a single
+/// operation object as KubeVirt also accepts.
+pub fn parse_patch(text: &str) -> Result<json_patch::Patch, String> {
+    serde_json::from_str(text)
+        .or_else(|_| serde_json::from_str(&format!("[{text}]")))
+        .map_err(|e| format!("patch {text:?} is not a JSON patch: {e}"))
+}
+
 /// Test hooks: a slow storage step, and pausing at a named step so a test can kill the
 /// daemon there. Read from the environment so production never sets them by accident.
 pub(crate) fn test_delay() -> Option<Duration> {

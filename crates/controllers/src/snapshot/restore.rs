@@ -40,7 +40,8 @@ fn restore_uid_value(r: &Value) -> String {
     format!("{}-{}", meta::name(r), meta::uid(r))
 }
 
-fn age(obj: &Value) -> Duration {
+/// Time since the object was created.
+pub(crate) fn age(obj: &Value) -> Duration {
     chrono::DateTime::parse_from_rfc3339(
         obj["metadata"]["creationTimestamp"].as_str().unwrap_or(""),
     )
@@ -82,8 +83,9 @@ pub fn claims_of(spec: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// True when any VM or VMI in the namespace uses the claim.
-fn claim_in_use(store: &dyn store::Store, ns: &str, claim: &str) -> api::Result<bool> {
+/// True when any VM (running or not) or VMI in the namespace refers to the claim; unlike
+/// `storage::util::claim_in_use`, a stopped VM counts, since its disk must survive.
+fn claim_referenced(store: &dyn store::Store, ns: &str, claim: &str) -> api::Result<bool> {
     let all = meta::LabelSelector::default();
     let none = meta::FieldSelector::default();
     for vm in store.list(vm_res(), Some(ns), &all, &none)?.items {
@@ -166,7 +168,7 @@ impl RestoreReconciler {
                 continue;
             }
             let claim = e["claimName"].as_str().unwrap_or("");
-            if claim_in_use(self.store(), ns, claim)? {
+            if claim_referenced(self.store(), ns, claim)? {
                 pending = true;
                 continue;
             }
@@ -659,14 +661,9 @@ impl Reconciler for RestoreReconciler {
                     meta::set_annotation(&mut vm, CREATED_BY_RESTORE, meta::uid(&r));
                     for p in r["spec"]["patches"].as_array().into_iter().flatten() {
                         let Some(text) = p.as_str() else { continue };
-                        let patch: json_patch::Patch = match serde_json::from_str(text)
-                            .or_else(|_| serde_json::from_str(&format!("[{text}]")))
-                        {
+                        let patch = match parse_patch(text) {
                             Ok(p) => p,
-                            Err(e) => {
-                                return self
-                                    .fail(&r, &format!("patch {text:?} is not a JSON patch: {e}"))
-                            }
+                            Err(e) => return self.fail(&r, &e),
                         };
                         if let Some(bad) = patch_paths(&patch)
                             .into_iter()

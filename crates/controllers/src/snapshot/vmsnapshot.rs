@@ -798,15 +798,7 @@ impl Reconciler for SnapshotReconciler {
                     .recorder
                     .record(&snap, EventType::Normal, "SnapshotTaken", &msg);
             }
-            let created = chrono::DateTime::parse_from_rfc3339(
-                snap["metadata"]["creationTimestamp"].as_str().unwrap_or(""),
-            )
-            .map(|t| {
-                (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
-                    .to_std()
-                    .unwrap_or_default()
-            })
-            .unwrap_or_default();
+            let created = super::restore::age(&snap);
             // Unlock first: whoever sees Ready may change the VM right away.
             self.unlock(&snap).await?;
             update_status_with(self.store(), snapshot_res(), key, |o| {
